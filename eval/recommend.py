@@ -1,0 +1,129 @@
+"""Which variant to deploy under the user's constraints, and a paragraph saying why.
+
+Rule: keep the variants that were measured, fit the memory budget, meet the SLO at some load
+point and keep task recovery at or above the floor; among those pick the lowest $/1M output tokens
+at the variant's best SLO-meeting point (on one machine: the highest SLO-meeting throughput).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantserve.eval.report_schema import PointRow, Recommendation, VariantRow
+from quantserve.eval.slo import Slo, format_slo, slo_to_dict
+
+GIB = 1024**3
+
+
+def best_point(row: VariantRow, slo: Slo) -> PointRow | None:
+    """The highest-throughput load point that completed requests and met every SLO."""
+    good = [p for p in row.by_concurrency if p.throughput and not (slo and p.slo_violations)]
+    return max(good, key=lambda p: p.throughput.output_tok_s if p.throughput else 0.0, default=None)
+
+
+def _plan_row(row: VariantRow, vram_plan: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in vram_plan.get("rows", []) if r["precision"] == row.plan_precision), None)
+
+
+def rejection(row: VariantRow, slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
+              vram_plan: dict[str, Any]) -> str | None:
+    """Why a row cannot be recommended, or None. Memory is checked for the measured weights and for
+    the plan model at the same precision, since the budget is meant for the real deployment."""
+    if row.latency is None:
+        return row.unavailable_reason or "not measured"
+    if max_memory_gb is not None:
+        if row.size_bytes is None:
+            return "weight size unknown (no manifest), cannot check the memory budget"
+        if row.size_bytes > max_memory_gb * GIB:
+            return f"weights {row.size_bytes / GIB:.1f} GiB exceed the {max_memory_gb:g} GB budget"
+        plan = _plan_row(row, vram_plan)
+        usable = max_memory_gb * vram_plan.get("gpu_memory_utilization", 1.0)
+        if plan and plan["total_gb"] > usable:
+            return (f"{vram_plan['model']} at this precision needs ~{plan['total_gb']:.1f} GiB, "
+                    f"over the {usable:.1f} GiB usable of {max_memory_gb:g} GB")
+    if min_recovery is not None:
+        if row.quality.recovery is None:
+            return "task recovery unknown (no task scores for it or the source)"
+        if row.quality.recovery < min_recovery:
+            return f"task recovery {row.quality.recovery:.2f} < {min_recovery:g}"
+    if best_point(row, slo) is None:
+        first = next((p for p in row.by_concurrency if p.slo_violations), None)
+        detail = f" (at {first.point}: {'; '.join(first.slo_violations)})" if first else ""
+        return f"misses the SLO at every load point{detail}"
+    return None
+
+
+def _rank_key(row: VariantRow, point: PointRow) -> tuple[float, float, float]:
+    cost = point.cost.usd_per_1m_output_tokens if point.cost else float("inf")
+    tok_s = point.throughput.output_tok_s if point.throughput else 0.0
+    return (cost, -tok_s, -(row.quality.recovery or 0.0))
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def _plan_sentence(row: VariantRow, vram_plan: dict[str, Any]) -> str:
+    plan_row = _plan_row(row, vram_plan)
+    if not plan_row:
+        return ""
+    fitting = [gb for gb in vram_plan["gpus_gb"] if plan_row["fits"][str(gb)]]
+    where = f"fits {fitting[0]} GB cards and up" if fitting else "fits none of the 8-24 GB cards"
+    return (f" For the {vram_plan['model']} target the same precision ({row.plan_precision}) needs "
+            f"about {plan_row['total_gb']:.1f} GiB at {vram_plan['context_len']} tokens × "
+            f"{vram_plan['concurrency']} sequences, which {where}.")
+
+
+def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
+              hardware_label: str | None, vram_plan: dict[str, Any]) -> Recommendation:
+    constraints = {"max_memory_gb": max_memory_gb, "slo": slo_to_dict(slo), "min_recovery": min_recovery}
+    asked = [f"memory ≤ {max_memory_gb:g} GB (measured weights and the plan-model estimate)"
+             if max_memory_gb is not None else "no memory budget",
+             f"SLO {format_slo(slo)}",
+             f"task recovery ≥ {min_recovery:g}" if min_recovery is not None else "no quality floor"]
+    rejected: dict[str, str] = {}
+    passing: list[tuple[VariantRow, PointRow]] = []
+    for row in rows:
+        why = rejection(row, slo, max_memory_gb, min_recovery, vram_plan)
+        point = best_point(row, slo) if why is None else None
+        if why is None and point is not None:
+            passing.append((row, point))
+        else:
+            rejected[row.name] = why or "no usable load point"
+    rejected_text = "; ".join(f"{name}: {why}" for name, why in rejected.items())
+    head = f"Constraints: {', '.join(asked)}. {len(passing)} of {len(rows)} variants qualify."
+    if not passing:
+        return Recommendation(variant=None, constraints=constraints, rejected=rejected, reasoning=(
+            f"{head} No variant meets every constraint, so none is recommended. Why each fails: "
+            f"{rejected_text}. Relax the tightest constraint or measure at lower load."))
+    winner, point = min(passing, key=lambda rp: _rank_key(*rp))
+    source = next((r for r in rows if r.is_source), None)
+    lat = point.latency
+    ttft99 = lat.ttft_ms.p99 if lat and lat.ttft_ms else None
+    tpot50 = lat.tpot_ms.p50 if lat and lat.tpot_ms else None
+    text = [head, "Rule: among those, the lowest $ per 1M output tokens at each variant's best SLO-meeting "
+            "load point (on one machine this is the highest SLO-meeting throughput)."]
+    speed = (f"{winner.name} is recommended: at {point.point} it sustains "
+             f"{_fmt(point.throughput.output_tok_s if point.throughput else None, '.1f')} output tok/s "
+             f"(TTFT p99 {_fmt(ttft99, '.0f', ' ms')}, TPOT p50 {_fmt(tpot50, '.1f', ' ms')})")
+    if point.cost:
+        speed += (f", ${point.cost.usd_per_1m_output_tokens:.3g} per 1M output tokens on "
+                  f"{hardware_label or point.cost.price_row}")
+        src_point = best_point(source, slo) if source and source is not winner else None
+        if src_point and src_point.cost:
+            ratio = point.cost.usd_per_1m_output_tokens / src_point.cost.usd_per_1m_output_tokens
+            speed += f" ({ratio:.2f}× the source's ${src_point.cost.usd_per_1m_output_tokens:.3g})"
+    text.append(speed + ".")
+    q = winner.quality
+    size = f"{winner.size_bytes / 1e6:.0f} MB" if winner.size_bytes else "unknown size"
+    text.append(f"Weights: {size} ({_fmt(winner.size_ratio, '.2f', '× the source')}); quality: PPL ratio "
+                f"{_fmt(q.ppl_ratio, '.3f')}, KLD {_fmt(q.kld_mean, '.4f')}, top-1 agreement "
+                f"{_fmt(q.top1_agreement, '.3f')}, task accuracy {_fmt(q.task_accuracy, '.2f')}, "
+                f"recovery {_fmt(q.recovery, '.2f')}.")
+    if rejected:
+        text.append(f"Not chosen: {rejected_text}.")
+    others = [r.name for r, _ in passing if r is not winner]
+    if others:
+        text.append(f"Also qualifying but costlier per token: {', '.join(others)}.")
+    return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected,
+                          reasoning=" ".join(text) + _plan_sentence(winner, vram_plan))

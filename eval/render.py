@@ -1,0 +1,124 @@
+"""report.md and report.html from one Report: same sections, same tables (eval/tables.py)."""
+
+from __future__ import annotations
+
+import html
+
+from quantserve.eval.plots import PLOTS
+from quantserve.eval.report_schema import Report
+from quantserve.eval.slo import format_slo, slo_from_dict
+from quantserve.eval.tables import (
+    Table,
+    html_table,
+    md_table,
+    points_table,
+    quality_table,
+    summary_table,
+    vram_table,
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.8em 0;font-size:.86em}th,td{border:1px solid #ccc;padding:.3em .5em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em;margin:.6em 0}
+.rec{background:#eef6ee;border-left:4px solid #2e7d32;padding:.6em .9em}img{max-width:100%}
+code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _context(report: Report) -> str:
+    hw = report.hardware
+    price = (f"{hw['label']} at ${hw['usd_per_hour']:.2f}/h ({hw['source']}, {hw['date']})" if hw
+             else "no hardware given (--gpu), so no cost")
+    sweep = f"{report.sweep.get('mode')}={','.join(f'{v:g}' for v in report.sweep.get('values', []))}"
+    return (f"Run `{report.run_dir}` · scenario `{report.scenario}` · sweep `{sweep}` · "
+            f"SLO {format_slo(slo_from_dict(report.slo))} · hardware: {price}")
+
+
+def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
+    """(id, heading, blocks): a block is a table or a paragraph; `!note` marks the quality note."""
+    ref = report.reference_point or "n/a"
+    measured = [v for v in report.variants if v.by_concurrency]
+    unavailable = [f"**{v.name}**: {v.unavailable_reason}" for v in report.variants if v.unavailable_reason]
+    per_point: list[Table | str] = []
+    for v in measured:
+        per_point += [f"**{v.name}**", points_table(v, bool(report.slo))]
+    plan = report.vram_plan
+    definitions = (
+        "TTFT: time to the first content chunk. TPOT: (E2E − TTFT) / (output tokens − 1), requests with "
+        "one output token excluded. ITL: gaps between content chunks, pooled over requests. Goodput: "
+        "requests/s meeting every SLO, each request checked on its own values. Failed requests count as "
+        "errors and never toward latency.")
+    return [
+        ("summary", f"Summary (latency, throughput and cost at {ref})", [summary_table(report), "!note"]),
+        ("recommendation", "Recommendation", ["!rec", "!note"]),
+        ("latency", "Latency and throughput by load point",
+         [definitions, *per_point, "!plot:latency", "!plot:throughput"]),
+        ("quality", "Quality", [quality_table(report), "!note", "!plot:frontier"]),
+        ("memory", "Memory", ["!plot:memory"]),
+        ("vram", f"VRAM plan for {plan['model']}",
+         [f"At {plan['context_len']} tokens of context × {plan['concurrency']} concurrent sequences, "
+          f"{plan['unit']}. Formula: {plan['formula']}", vram_table(plan), "!plot:vram"]),
+        ("unavailable", "Not measured here", unavailable or ["Every variant was measured."]),
+        ("notes", "Notes", [f"- {n}" for n in report.notes] or ["None."]),
+    ]
+
+
+def to_markdown(report: Report) -> str:
+    out = ["# quantserve eval report", "", _context(report), ""]
+    for _, heading, blocks in _sections(report):
+        out += [f"## {heading}", ""]
+        for block in blocks:
+            if isinstance(block, tuple):
+                out += [md_table(block), ""]
+            elif block == "!note":
+                if report.quality_note:
+                    out += [f"> **Quality note:** {report.quality_note}", ""]
+            elif block == "!rec":
+                rec = report.recommendation
+                out += [f"**Recommended: {rec.variant or 'none'}**", "", rec.reasoning, ""]
+            elif block.startswith("!plot:"):
+                out += [f"*Plot: {PLOTS[block[6:]][0]} (see report.html)*", ""]
+            else:
+                out += [block, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _inline_md(text: str) -> str:
+    """The little markdown the paragraphs use: **bold** and `code`."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html(report: Report, plots: dict[str, str]) -> str:
+    body = ["<h1>quantserve eval report</h1>", f"<p>{_inline_md(_context(report))}</p>"]
+    for anchor, heading, blocks in _sections(report):
+        body.append(f'<h2 id="{anchor}">{html.escape(heading)}</h2>')
+        for block in blocks:
+            if isinstance(block, tuple):
+                body.append(html_table(block))
+            elif block == "!note":
+                if report.quality_note:
+                    note = html.escape(report.quality_note)
+                    body.append(f'<div class="note"><b>Quality note:</b> {note}</div>')
+            elif block == "!rec":
+                rec = report.recommendation
+                name = html.escape(rec.variant or "none")
+                body.append(f'<div class="rec"><p><b>Recommended: {name}</b></p>'
+                            f"<p>{html.escape(rec.reasoning)}</p></div>")
+            elif block.startswith("!plot:"):
+                name = block[6:]
+                title = html.escape(PLOTS[name][0])
+                body.append(f'<figure><img src="data:image/png;base64,{plots[name]}" alt="{title}">'
+                            f"<figcaption>{title}</figcaption></figure>")
+            elif block.startswith("- "):
+                body.append(f"<ul><li>{_inline_md(block[2:])}</li></ul>")
+            else:
+                body.append(f"<p>{_inline_md(block)}</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>quantserve eval report</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

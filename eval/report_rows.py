@@ -1,0 +1,153 @@
+"""One VariantRow per model: manifests (size, quality) joined with the run (records, task scores).
+
+Speed numbers are recomputed from records.jsonl here, so a different --slo at report time only
+changes goodput and the SLO verdicts, never the measurements.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from quantserve.eval.metrics import Metrics, compute_metrics, slo_violations
+from quantserve.eval.prices import HardwareRow, token_cost
+from quantserve.eval.records import RequestRecord
+from quantserve.eval.report_schema import Cost, Latency, PointRow, QualityRow, Throughput, VariantRow
+from quantserve.eval.slo import Slo
+from quantserve.eval.tasks import recovery
+from quantserve.eval.vram import DEFAULT_PRECISIONS, Precision, precision_of
+from quantserve.quantize.manifest import Manifest
+
+SOURCE_PRECISION = DEFAULT_PRECISIONS[0]
+
+
+def _latency(m: Metrics) -> Latency | None:
+    if m.completed == 0:
+        return None
+    names = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+    return Latency.model_validate({k: asdict(d) if (d := getattr(m, k)) else None for k in names})
+
+
+def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, hardware: HardwareRow | None,
+              usd_per_kwh: float | None) -> PointRow:
+    m = compute_metrics(records, slo)
+    cost = None
+    if hardware and m.completed:
+        tc = token_cost(m.output_throughput, hardware, usd_per_kwh)
+        cost = Cost.model_validate(asdict(tc)) if tc else None
+    return PointRow(
+        point=entry["point"], mode=entry["mode"], value=entry["value"], requests=m.requests,
+        completed=m.completed, failed=m.failed, error_rate=m.error_rate, latency=_latency(m),
+        throughput=Throughput(output_tok_s=m.output_throughput, request_s=m.request_throughput)
+        if m.completed else None,
+        goodput_rps=m.goodput_rps, cost=cost, slo_violations=slo_violations(m, slo), errors=m.errors,
+    )
+
+
+def reference_point(eval_doc: dict[str, Any]) -> str | None:
+    """The heaviest load point every measured model ran: where throughput and $/token matter most."""
+    per_model = [{p["point"]: p["value"] for p in r["points"]} for r in eval_doc["results"].values()]
+    if not per_model:
+        return None
+    common = set(per_model[0]).intersection(*per_model[1:])
+    return max(common, key=lambda label: per_model[0][label]) if common else None
+
+
+def _task_accuracy(eval_doc: dict[str, Any], model: str) -> tuple[float | None, dict[str, float] | None]:
+    scores = (eval_doc["results"].get(model) or {}).get("tasks")
+    return (scores["accuracy"], scores["by_kind"]) if scores else (None, None)
+
+
+def _attach_measurements(row: VariantRow, points: list[PointRow], ref: str | None) -> None:
+    row.by_concurrency = points
+    at = next((p for p in points if p.point == ref), points[-1] if points else None)
+    if at is None:
+        return
+    row.reference_point = at.point
+    if at.completed == 0:
+        top = next(iter(at.errors), "unknown error")
+        row.unavailable_reason = f"all {at.requests} requests failed at {at.point}: {top}"
+        return
+    row.latency, row.throughput, row.cost = at.latency, at.throughput, at.cost
+    row.goodput_rps = at.goodput_rps
+    row.servable_here = True
+
+
+def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests: list[Manifest], slo: Slo,
+               hardware: HardwareRow | None, usd_per_kwh: float | None) -> list[VariantRow]:
+    by_point: dict[tuple[str, str], list[RequestRecord]] = defaultdict(list)
+    for r in records:
+        by_point[(r.model, r.point)].append(r)
+    ref = reference_point(eval_doc)
+    measured = {
+        model: [point_row(e, by_point[(model, e["point"])], slo, hardware, usd_per_kwh)
+                for e in result["points"]]
+        for model, result in eval_doc["results"].items()
+    }
+    source_name = eval_doc.get("source_model")
+    source_acc, _ = _task_accuracy(eval_doc, source_name) if source_name else (None, None)
+    rows: list[VariantRow] = []
+
+    if source_name or manifests:
+        rows.append(_source_row(source_name, manifests, eval_doc, source_acc))
+    for manifest in manifests:
+        acc, by_kind = _task_accuracy(eval_doc, manifest.name)
+        q = manifest.quality
+        rows.append(VariantRow(
+            name=manifest.name, method=manifest.method, scheme=manifest.scheme, bits=manifest.bits,
+            size_bytes=manifest.weight_bytes, size_ratio=manifest.size_ratio,
+            servable_here=manifest.servable_here, servable_reason=manifest.servable_reason,
+            quality=QualityRow(
+                ppl=q.ppl if q else None, ppl_ratio=q.ppl_ratio if q else None,
+                kld_mean=q.kld_mean if q else None, top1_agreement=q.top1_agreement if q else None,
+                task_accuracy=acc, task_accuracy_by_kind=by_kind, recovery=recovery(acc, source_acc)),
+            plan_precision=precision_of(manifest.variant, manifest.scheme, manifest.bits,
+                                        manifest.group_size, manifest.recipe).label,
+        ))
+    known = {row.name for row in rows}
+    for model in eval_doc["results"]:
+        if model not in known:
+            acc, by_kind = _task_accuracy(eval_doc, model)
+            rows.append(VariantRow(name=model, servable_reason="measured at the endpoint; no manifest",
+                                   quality=QualityRow(task_accuracy=acc, task_accuracy_by_kind=by_kind,
+                                                      recovery=recovery(acc, source_acc))))
+    for row in rows:
+        if row.name in measured:
+            _attach_measurements(row, measured[row.name], ref)
+        elif not row.servable_here:
+            row.unavailable_reason = row.servable_reason or "the manifest marks it not servable here"
+        else:
+            row.unavailable_reason = "not measured in this run (not served or not in --models)"
+    return rows
+
+
+def _source_row(name: str | None, manifests: list[Manifest], eval_doc: dict[str, Any],
+                source_acc: float | None) -> VariantRow:
+    src = manifests[0].source if manifests else None
+    ppl_source = next((m.quality.ppl_source for m in manifests if m.quality), None)
+    _, by_kind = _task_accuracy(eval_doc, name) if name else (None, None)
+    bits = 32 if src and src.dtype in ("float32", "fp32") else 16
+    return VariantRow(
+        name=name or (src.model if src else "source"), is_source=True, method="source",
+        scheme=src.dtype if src else None,
+        bits=bits, size_bytes=src.weight_bytes if src else None, size_ratio=1.0 if src else None,
+        servable_reason="" if name else "the source model was not served in this run",
+        quality=QualityRow(
+            ppl=ppl_source, ppl_ratio=1.0 if ppl_source else None, kld_mean=0.0 if ppl_source else None,
+            top1_agreement=1.0 if ppl_source else None, task_accuracy=source_acc,
+            task_accuracy_by_kind=by_kind,
+            recovery=1.0 if source_acc else None),
+        plan_precision=SOURCE_PRECISION.label,
+    )
+
+
+def plan_precisions(manifests: list[Manifest]) -> list[Precision]:
+    """The VRAM plan's rows: source precision plus each distinct recipe; the defaults without manifests."""
+    if not manifests:
+        return list(DEFAULT_PRECISIONS)
+    found: dict[str, Precision] = {SOURCE_PRECISION.label: SOURCE_PRECISION}
+    for m in manifests:
+        p = precision_of(m.variant, m.scheme, m.bits, m.group_size, m.recipe)
+        found.setdefault(p.label, p)
+    return list(found.values())

@@ -1,0 +1,113 @@
+"""report.json: the schema the report's tables, plots and recommendation are all rendered from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class Dist(BaseModel):
+    """Milliseconds."""
+
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+
+class Latency(BaseModel):
+    ttft_ms: Dist | None
+    tpot_ms: Dist | None
+    itl_ms: Dist | None
+    e2e_ms: Dist | None
+
+
+class Throughput(BaseModel):
+    output_tok_s: float
+    request_s: float
+
+
+class Cost(BaseModel):
+    usd_per_1m_output_tokens: float
+    tokens_per_usd: float
+    price_row: str
+    usd_per_hour: float
+
+
+class QualityRow(BaseModel):
+    ppl: float | None = None
+    ppl_ratio: float | None = None
+    kld_mean: float | None = None
+    top1_agreement: float | None = None
+    task_accuracy: float | None = None
+    task_accuracy_by_kind: dict[str, float] | None = None
+    recovery: float | None = None  # task accuracy / source task accuracy
+
+
+class PointRow(BaseModel):
+    """One load point of one model."""
+
+    point: str
+    mode: str
+    value: float
+    requests: int
+    completed: int
+    failed: int
+    error_rate: float
+    latency: Latency | None
+    throughput: Throughput | None
+    goodput_rps: float | None
+    cost: Cost | None
+    slo_violations: list[str]  # aggregate check at this point; empty when every objective holds
+    errors: dict[str, int]
+
+
+class VariantRow(BaseModel):
+    name: str
+    is_source: bool = False
+    method: str | None = None
+    scheme: str | None = None
+    bits: int | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    servable_here: bool = False
+    servable_reason: str = ""
+    quality: QualityRow = Field(default_factory=QualityRow)
+    reference_point: str | None = None  # the load point latency/throughput/cost below are taken at
+    latency: Latency | None = None
+    throughput: Throughput | None = None
+    goodput_rps: float | None = None
+    cost: Cost | None = None
+    by_concurrency: list[PointRow] = Field(default_factory=list)
+    unavailable_reason: str | None = None  # why latency/throughput/cost are null
+    plan_precision: str | None = None  # its row in vram_plan
+
+
+class Recommendation(BaseModel):
+    variant: str | None
+    reasoning: str
+    constraints: dict[str, Any]
+    rejected: dict[str, str] = Field(default_factory=dict)
+
+
+class Report(BaseModel):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    created_at: str
+    run_dir: str
+    scenario: str
+    sweep: dict[str, Any]
+    reference_point: str | None
+    hardware: dict[str, Any] | None
+    slo: dict[str, float]
+    recommendation: Recommendation
+    quality_note: str | None  # the manifests' source.note, shown beside every quality number
+    notes: list[str]
+    variants: list[VariantRow]
+    vram_plan: dict[str, Any]
+
+    def variant(self, name: str) -> VariantRow | None:
+        return next((v for v in self.variants if v.name == name), None)

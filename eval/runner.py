@@ -1,0 +1,193 @@
+"""`quantserve eval`: check the endpoint, sweep load over each model, score tasks, write the run folder.
+
+The run folder holds records.jsonl (every measured request) and eval.json (config, per model per
+load point metrics, task scores); `quantserve report` builds the report from those and the manifests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+import quantserve
+from quantserve.errors import UserError
+from quantserve.eval.endpoint import Endpoint, check_models
+from quantserve.eval.loadgen import LoadLimits, make_client, parse_sweep, run_point
+from quantserve.eval.metrics import compute_metrics
+from quantserve.eval.prices import load_price_table
+from quantserve.eval.records import RECORDS_NAME, RunClock, append_records
+from quantserve.eval.scenarios import load_scenario, scenario_path
+from quantserve.eval.slo import format_slo, load_default_slo, parse_slo, slo_to_dict
+from quantserve.eval.tasks import default_tasks_path, load_tasks, run_tasks
+
+EVAL_NAME = "eval.json"
+SCHEMA_VERSION = 1
+
+
+class EvalConfig(BaseModel):
+    base_url: str
+    api_key: str | None = None
+    scenario: str = "support-chat"  # a name under prompts/scenarios/ or a .jsonl path
+    models: list[str] = Field(default_factory=list)  # empty: every model the endpoint serves
+    sweep: str = "concurrency=1,4"
+    num_requests: int = Field(32, gt=0)  # per load point, warm-up excluded
+    duration_s: float = Field(60.0, gt=0)  # per load point; whichever limit comes first ends it
+    warmup: int = Field(2, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    seed: int = 0
+    max_tokens: int | None = None  # overrides each scenario item's max_tokens
+    temperature: float | None = 0.0
+    slo: str | None = None  # "ttft_p99=200ms,itl_p99=50ms"; None uses eval/slo.yaml
+    gpu: str | None = None  # a row of eval/prices.yaml: the hardware the endpoint runs on
+    out: Path | None = None  # None: runs/<UTC timestamp>/
+    variants_dir: Path | None = Path("variants")  # manifests for the report
+    source_model: str | None = None  # served name of the unquantized model; None: guessed
+    tasks: bool = True
+    tasks_file: Path | None = None  # None: prompts/tasks/support_tasks.jsonl when present
+    task_max_tokens: int = 16
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def default_run_dir(root: Path = Path("runs")) -> Path:
+    return root / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def update_latest(run_dir: Path) -> Path | None:
+    """Point <parent>/latest at run_dir (relative link, swapped atomically); never replaces a real folder."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        return None
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def guess_source(models: list[str], variant_names: set[str], source_names: set[str]) -> str | None:
+    """The served model that is no variant but names the variants' source, or whose name prefixes them."""
+    others = [m for m in models if m not in variant_names]
+    for model in others:
+        short = {s.rsplit("/", 1)[-1].lower() for s in source_names}
+        if model in source_names or model.lower() in short:
+            return model
+        if any(v.startswith(model + "-") for v in variant_names):
+            return model
+    return others[0] if len(others) == 1 and variant_names else None
+
+
+def _manifest_names(variants_dir: Path | None) -> tuple[set[str], set[str]]:
+    if variants_dir is None:
+        return set(), set()
+    from quantserve.quantize.manifest import list_manifests
+
+    found = list_manifests(variants_dir)
+    # serve hosts a variant's source under its folder name; users may also call it by source.model
+    sources = {m.source.model for _, m in found} | {Path(m.source.path).name for _, m in found}
+    return {m.name for _, m in found}, sources
+
+
+async def run_eval_async(cfg: EvalConfig) -> Path:
+    slo = parse_slo(cfg.slo) if cfg.slo is not None else load_default_slo()
+    price_row = load_price_table().hardware(cfg.gpu) if cfg.gpu else None
+    points = parse_sweep(cfg.sweep)
+    items = load_scenario(cfg.scenario)
+    notes: list[str] = []
+    tasks = None
+    if cfg.tasks:
+        tasks_file = cfg.tasks_file or default_tasks_path()
+        if cfg.tasks_file is None and not tasks_file.is_file():
+            notes.append(f"task accuracy not measured: {tasks_file} does not exist")
+        else:
+            tasks = load_tasks(tasks_file)
+    endpoint = Endpoint.of(cfg.base_url, cfg.api_key)
+    run_dir = cfg.out or default_run_dir()
+    if (run_dir / EVAL_NAME).exists():
+        raise UserError(f"{run_dir} already holds a run (eval.json); choose another --out")
+    limits = LoadLimits(num_requests=cfg.num_requests, duration_s=cfg.duration_s, warmup=cfg.warmup,
+                        timeout_s=cfg.timeout_s, seed=cfg.seed, temperature=cfg.temperature,
+                        max_tokens=cfg.max_tokens)
+    clock = RunClock()
+    started = time.monotonic()
+    async with make_client(limits) as client:
+        models = await check_models(client, endpoint, cfg.models)
+        variant_names, source_names = _manifest_names(cfg.variants_dir)
+        source = cfg.source_model or guess_source(models, variant_names, source_names)
+        if cfg.source_model and cfg.source_model not in models:
+            raise UserError(f"--source-model {cfg.source_model} is not among the measured models: "
+                            f"{', '.join(models)}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records_path = run_dir / RECORDS_NAME
+        records_path.unlink(missing_ok=True)
+        log(f"eval → {run_dir}: {len(models)} model(s) × {len(points)} load point(s), scenario "
+            f"{cfg.scenario} ({len(items)} prompts), SLO {format_slo(slo)}")
+        results: dict[str, Any] = {}
+        for model in models:
+            results[model] = {"points": [], "tasks": None}
+            for point in points:
+                log(f"{model} {point.label}: {cfg.warmup} warm-up + up to {cfg.num_requests} requests "
+                    f"or {cfg.duration_s:g}s")
+                records = await run_point(client, endpoint, model, cfg.scenario, items, point, limits, clock)
+                append_records(records_path, records)
+                m = compute_metrics(records, slo)
+                results[model]["points"].append({"point": point.label, "mode": point.mode,
+                                                 "value": point.value, "metrics": asdict(m)})
+                ttft = f"{m.ttft_ms.p50:.0f}/{m.ttft_ms.p99:.0f} ms" if m.ttft_ms else "n/a"
+                log(f"{model} {point.label}: {m.completed}/{m.requests} ok, TTFT p50/p99 {ttft}, "
+                    f"{m.output_throughput:.1f} tok/s, goodput {m.goodput_rps or 0:.2f} req/s")
+                if m.failed:
+                    log(f"  {m.failed} failed; most common: {next(iter(m.errors))}")
+            if tasks:
+                log(f"{model}: {len(tasks)} tasks (temperature 0, max_tokens {cfg.task_max_tokens})")
+                scores = await run_tasks(client, endpoint, model, tasks, cfg.task_max_tokens,
+                                         timeout_s=cfg.timeout_s)
+                results[model]["tasks"] = scores.to_dict()
+                log(f"{model}: task accuracy {scores.accuracy:.1%} ({scores.errors} request errors)")
+    eval_doc = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quantserve_version": quantserve.__version__,
+        "config": {**cfg.model_dump(mode="json", exclude={"api_key"}), "api_key_set": bool(cfg.api_key)},
+        "base_url": endpoint.base_url,
+        "scenario": cfg.scenario,
+        "scenario_file": str(scenario_path(cfg.scenario).resolve()),
+        "sweep": {"mode": points[0].mode, "values": [p.value for p in points]},
+        "slo": slo_to_dict(slo),
+        "gpu": cfg.gpu,
+        "price_row": price_row.model_dump() if price_row else None,
+        "variants_dir": str(cfg.variants_dir.resolve()) if cfg.variants_dir else None,
+        "source_model": source,
+        "models": models,
+        "tasks_file": str((cfg.tasks_file or default_tasks_path()).resolve()) if tasks else None,
+        "results": results,
+        "notes": notes,
+        "wall_time_s": time.monotonic() - started,
+    }
+    (run_dir / EVAL_NAME).write_text(json.dumps(eval_doc, indent=2) + "\n")
+    update_latest(run_dir)
+    log(f"done in {time.monotonic() - started:.0f}s: {run_dir / EVAL_NAME}; "
+        f"next: quantserve report {run_dir}")
+    return run_dir
+
+
+def run_eval(cfg: EvalConfig) -> Path:
+    """Synchronous entry for scripts and the CLI; inside a running event loop use run_eval_async."""
+    return asyncio.run(run_eval_async(cfg))
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / EVAL_NAME
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an eval run folder (no {EVAL_NAME}); run `quantserve eval` first")
+    return json.loads(path.read_text())

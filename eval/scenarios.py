@@ -1,0 +1,56 @@
+"""Load scenarios: prompts/scenarios/<name>.jsonl, one `{"id", "messages", "max_tokens"}` per line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from quantserve.errors import UserError
+
+
+class ScenarioItem(BaseModel):
+    id: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int = Field(gt=0)
+
+
+def scenario_path(name_or_path: str) -> Path:
+    """A name (support-chat) resolves under prompts/scenarios/; anything with a suffix is a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".jsonl":
+        return candidate
+    from quantserve.prompts import prompt_path
+
+    return prompt_path(f"scenarios/{name_or_path}.jsonl")
+
+
+def available_scenarios() -> list[str]:
+    folder = scenario_path("x").parent
+    return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def load_scenario(name_or_path: str) -> list[ScenarioItem]:
+    path = scenario_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(available_scenarios()) or "none found"
+        raise UserError(f"scenario file not found: {path} (available scenarios: {known})")
+    items: list[ScenarioItem] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(ScenarioItem.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValidationError) as err:
+            first = str(err).splitlines()[0] if isinstance(err, json.JSONDecodeError) else _first_error(err)
+            raise UserError(f"{path}:{lineno}: not a scenario item ({first})") from None
+    if not items:
+        raise UserError(f"scenario file is empty: {path}")
+    return items
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"

@@ -1,0 +1,113 @@
+"""The report's tables as plain (headers, rows) so report.md and report.html show the same cells."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from quantserve.eval.report_schema import Dist, PointRow, Report, VariantRow
+
+Table = tuple[list[str], list[list[str]]]
+NONE = "–"
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return NONE if value is None else format(value, spec)
+
+
+def _p(dist: Dist | None, stat: str, spec: str = ".0f") -> str:
+    return NONE if dist is None else format(getattr(dist, stat), spec)
+
+
+def servable_cell(row: VariantRow) -> str:
+    if row.latency is not None:
+        return "yes"
+    return f"no: {row.unavailable_reason}" if row.unavailable_reason else "no"
+
+
+def summary_table(report: Report) -> Table:
+    headers = ["variant", "bits", "size MB", "size ratio", "PPL ratio", "KLD", "top-1", "task acc",
+               "recovery", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "output tok/s", "$/1M tok",
+               "servable here"]
+    rows = []
+    for v in report.variants:
+        lat, q = v.latency, v.quality
+        rows.append([
+            v.name + (" (source)" if v.is_source else ""), fmt(v.bits, "d"),
+            fmt(v.size_bytes / 1e6 if v.size_bytes else None, ".1f"), fmt(v.size_ratio, ".3f"),
+            fmt(q.ppl_ratio, ".3f"), fmt(q.kld_mean, ".4f"), fmt(q.top1_agreement, ".3f"),
+            fmt(q.task_accuracy, ".2f"), fmt(q.recovery, ".2f"),
+            _p(lat.ttft_ms if lat else None, "p50"), _p(lat.ttft_ms if lat else None, "p99"),
+            _p(lat.tpot_ms if lat else None, "p50", ".1f"),
+            fmt(v.throughput.output_tok_s if v.throughput else None, ".1f"),
+            fmt(v.cost.usd_per_1m_output_tokens if v.cost else None, ".3g"), servable_cell(v),
+        ])
+    return headers, rows
+
+
+def _slo_cell(point: PointRow, has_slo: bool) -> str:
+    if not has_slo:
+        return NONE
+    return "met" if not point.slo_violations else "; ".join(point.slo_violations)
+
+
+def points_table(variant: VariantRow, has_slo: bool) -> Table:
+    headers = ["load", "ok / sent", "errors", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms", "ITL p50 / p99 ms",
+               "E2E p50 / p99 ms", "output tok/s", "req/s", "goodput req/s", "$/1M tok", "SLO (p-values)"]
+    rows = []
+    for p in variant.by_concurrency:
+        lat = p.latency
+
+        def pair(name: str, spec: str = ".0f", lat: Any = lat) -> str:
+            dist = getattr(lat, name) if lat else None
+            return f"{_p(dist, 'p50', spec)} / {_p(dist, 'p99', spec)}"
+
+        rows.append([
+            p.point, f"{p.completed} / {p.requests}", f"{p.error_rate:.0%}", pair("ttft_ms"),
+            pair("tpot_ms", ".1f"), pair("itl_ms", ".1f"), pair("e2e_ms"),
+            fmt(p.throughput.output_tok_s if p.throughput else None, ".1f"),
+            fmt(p.throughput.request_s if p.throughput else None, ".2f"), fmt(p.goodput_rps, ".2f"),
+            fmt(p.cost.usd_per_1m_output_tokens if p.cost else None, ".3g"), _slo_cell(p, has_slo),
+        ])
+    return headers, rows
+
+
+def quality_table(report: Report) -> Table:
+    headers = ["variant", "method", "scheme", "bits", "PPL", "PPL ratio", "KLD mean", "top-1 agreement",
+               "task accuracy", "accuracy by kind", "recovery"]
+    rows = []
+    for v in report.variants:
+        q = v.quality
+        kinds = ", ".join(f"{k} {a:.2f}" for k, a in (q.task_accuracy_by_kind or {}).items()) or NONE
+        rows.append([v.name, v.method or NONE, v.scheme or NONE, fmt(v.bits, "d"), fmt(q.ppl, ".2f"),
+                     fmt(q.ppl_ratio, ".3f"), fmt(q.kld_mean, ".4f"), fmt(q.top1_agreement, ".3f"),
+                     fmt(q.task_accuracy, ".2f"), kinds, fmt(q.recovery, ".2f")])
+    return headers, rows
+
+
+def vram_table(plan: dict[str, Any]) -> Table:
+    gpus = plan["gpus_gb"]
+    headers = ["precision", "effective bits", "weights GiB", "KV cache GiB", "overhead GiB", "total GiB",
+               *[f"{gb} GB" for gb in gpus], "max context @ 16 GB"]
+    rows = []
+    for r in plan["rows"]:
+        rows.append([r["precision"], f"{r['effective_bits']:.3g}", f"{r['weights_gb']:.2f}",
+                     f"{r['kv_cache_gb']:.2f}", f"{r['overhead_gb']:.2f}", f"{r['total_gb']:.2f}",
+                     *["fits" if r["fits"][str(gb)] else "no" for gb in gpus], f"{r['max_context_16gb']:,}"])
+    return headers, rows
+
+
+def md_table(table: Table) -> str:
+    headers, rows = table
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *(line(r) for r in rows)])
+
+
+def html_table(table: Table) -> str:
+    headers, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

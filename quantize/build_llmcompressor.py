@@ -1,0 +1,64 @@
+"""GPTQ, AWQ and SmoothQuant W8A8 through llm-compressor, saved in compressed-tensors format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantserve.quantize.recipes import AWQRecipe, GPTQRecipe, W8A8Recipe
+
+
+def _no_pinning_without_accelerator() -> None:
+    """llm-compressor's AWQ pins cached activations for fast host-to-device copies; CPU-only torch raises
+    'Cannot access accelerator device when none is available'. Pinning buys nothing without a device."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.accelerator.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
+def _w4_scheme(recipe: GPTQRecipe | AWQRecipe, group_size: int, actorder: str | None):
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    weights = QuantizationArgs(
+        num_bits=recipe.bits, type="int", symmetric=recipe.symmetric, strategy="group",
+        group_size=group_size, actorder=actorder,
+    )
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def modifiers(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, group_size: int | None) -> list:
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier
+
+    if isinstance(recipe, GPTQRecipe):
+        actorder = None if recipe.actorder == "none" else recipe.actorder
+        return [GPTQModifier(config_groups=_w4_scheme(recipe, group_size, actorder), ignore=recipe.ignore,
+                             dampening_frac=recipe.dampening_frac, actorder=actorder)]
+    if isinstance(recipe, AWQRecipe):
+        quantizer = QuantizationModifier(config_groups=_w4_scheme(recipe, group_size, None), ignore=recipe.ignore)
+        return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid), quantizer]
+    return [
+        SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength),
+        GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=recipe.ignore, dampening_frac=recipe.dampening_frac),
+    ]
+
+
+def build(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, source: Path, out: Path,
+          calib: list[list[int]], group_size: int | None) -> None:
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _no_pinning_without_accelerator()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    data = Dataset.from_dict({"input_ids": calib, "attention_mask": [[1] * len(s) for s in calib]})
+    oneshot(
+        model=model, tokenizer=tokenizer, dataset=data, recipe=modifiers(recipe, group_size),
+        num_calibration_samples=len(calib), max_seq_length=max(len(s) for s in calib),
+        shuffle_calibration_samples=False,
+    )
+    model.save_pretrained(out, save_compressed=True)
+    tokenizer.save_pretrained(out)

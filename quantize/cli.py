@@ -1,0 +1,71 @@
+"""CLI: `model fetch`, `quantize`, `variants list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from quantserve.quantize.model_fetch import DEFAULT_MODEL
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(help="Source models: the embedded default, a Hugging Face id or a local folder.",
+                            no_args_is_help=True)
+    variants_app = typer.Typer(help="Published variant folders.", no_args_is_help=True)
+    app.add_typer(model_app, name="model")
+    app.add_typer(variants_app, name="variants")
+
+    @model_app.command("fetch")
+    def fetch(
+        model: str = typer.Argument(DEFAULT_MODEL, help="Embedded default name, HF id, or local folder."),
+        force: bool = typer.Option(False, help="Convert the embedded default again even if cached."),
+    ) -> None:
+        """Make the source model available as a local HF folder and print its path (cached: a second fetch is a no-op)."""
+        from quantserve.quantize.model_fetch import ensure_default_model, resolve_model
+
+        path = ensure_default_model(force=True) if force and model == DEFAULT_MODEL else resolve_model(model)
+        typer.echo(path)
+
+    @app.command("quantize")
+    def quantize_cmd(
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Embedded default name, HF id, or local folder."),
+        variants: str = typer.Option("all", "--variants", "-v",
+                                     help="Comma list from quantize/variants.yaml, or 'all': "
+                                          "gptq-w4a16, awq-w4a16, w8a8-int8, bnb-nf4, bnb-int8."),
+        out: Path = typer.Option(Path("variants"), "--out", "-o", help="Folder that receives one folder per variant."),
+        samples: int = typer.Option(64, min=1, help="Calibration samples (GPTQ/AWQ/W8A8)."),
+        seq_len: int = typer.Option(256, min=16, help="Tokens per calibration sample."),
+        group_size: str = typer.Option("auto", help="INT4 group size, or 'auto': the largest of 128/64/32 "
+                                                    "dividing every quantized layer's input width."),
+        force: bool = typer.Option(False, help="Rebuild even when the same recipe was already published."),
+        max_kld: float = typer.Option(None, help="Fail (and do not publish) a variant whose mean KLD is above this."),
+        min_top1: float = typer.Option(None, help="Fail (and do not publish) a variant whose top-1 agreement is below this."),
+        threads: int = typer.Option(0, help="Torch threads per build (0: all cores)."),
+        calibration_file: Path = typer.Option(None, help="Chat JSONL for calibration (default prompts/calibration/...)."),
+        heldout_file: Path = typer.Option(None, help="Chat JSONL for the quality check (default prompts/heldout/...)."),
+    ) -> None:
+        """Quantize a source model into variants, each a vLLM-loadable folder with manifest.json."""
+        from quantserve.quantize.runner import QuantizeOptions, quantize
+        from quantserve.quantize.variants_table import print_table
+
+        opts = QuantizeOptions(model=model, variants=variants, out=out, samples=samples, seq_len=seq_len,
+                               group_size=group_size, force=force, max_kld=max_kld, min_top1=min_top1)
+        if threads:
+            opts.threads = threads
+        if calibration_file:
+            opts.calibration_file = calibration_file
+        if heldout_file:
+            opts.heldout_file = heldout_file
+        quantize(opts)
+        print_table(out)
+
+    @variants_app.command("list")
+    def list_cmd(
+        root: Path = typer.Argument(Path("variants"), help="Variants folder."),
+        as_json: bool = typer.Option(False, "--json", help="Print the manifests' key numbers as JSON."),
+    ) -> None:
+        """Name, method, bits, size, size ratio, PPL ratio, KLD, top-1, vLLM-loadable, servable here (and why not)."""
+        from quantserve.quantize.variants_table import print_json, print_table
+
+        print_json(root) if as_json else print_table(root)

@@ -1,0 +1,117 @@
+"""Quantization recipes as typed objects with a YAML form (variants.yaml is the one list)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from quantserve.errors import UserError
+
+VARIANTS_FILE = Path(__file__).with_name("variants.yaml")
+
+
+class _Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scheme: str
+    bits: int
+    ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
+
+    @property
+    def library(self) -> str:
+        return "llm-compressor"
+
+    @property
+    def checkpoint_format(self) -> str:
+        return "compressed-tensors"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class GPTQRecipe(_Recipe):
+    method: Literal["gptq"]
+    group_size: int | Literal["auto"] = "auto"
+    symmetric: bool = True
+    actorder: Literal["weight", "group", "none"] = "weight"
+    dampening_frac: float = 0.01
+
+
+class AWQRecipe(_Recipe):
+    method: Literal["awq"]
+    group_size: int | Literal["auto"] = "auto"
+    symmetric: bool = False
+    duo_scaling: bool = True
+    n_grid: int = 20
+
+
+class W8A8Recipe(_Recipe):
+    method: Literal["w8a8"]
+    smoothing_strength: float = 0.8
+    dampening_frac: float = 0.01
+    group_size: None = None
+
+
+class BnbRecipe(_Recipe):
+    method: Literal["bnb"]
+    quant_type: Literal["nf4", "fp4", "int8"]
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    llm_int8_threshold: float = 6.0
+    group_size: None = None
+    ignore: list[str] = Field(default_factory=list)
+
+    @property
+    def library(self) -> str:
+        return "bitsandbytes"
+
+    @property
+    def checkpoint_format(self) -> str:
+        return "bitsandbytes"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+
+Recipe = Annotated[GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe, Field(discriminator="method")]
+_RECIPE = TypeAdapter(Recipe)
+
+
+def parse_recipe(data: dict) -> GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe:
+    return _RECIPE.validate_python(data)
+
+
+def load_variants(path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe]:
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for name, body in raw.items():
+        try:
+            out[name] = parse_recipe(body)
+        except ValidationError as err:
+            raise UserError(f"{path}: variant {name!r} is not a valid recipe: {err.errors()[0]['msg']}") from None
+    return out
+
+
+def select_variants(spec: str, path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe]:
+    """`spec` is a comma list of names from variants.yaml, or `all`."""
+    known = load_variants(path)
+    names = list(known) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError("no variants given: pass --variants with names from " + ", ".join(known))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown variant {', '.join(unknown)!s}; known variants: {', '.join(known)}")
+    return {n: known[n] for n in names}
+
+
+def to_yaml(recipes: dict[str, BaseModel]) -> str:
+    return yaml.safe_dump({n: r.model_dump(mode="json") for n, r in recipes.items()}, sort_keys=False)

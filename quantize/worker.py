@@ -1,0 +1,118 @@
+"""Builds one variant into a folder, in the quantization environment, as a child process.
+
+A child per variant keeps each build's peak memory its own (it is reported in the manifest) and lets the
+parent run where the quantization libraries are not installed (see quantize/stage_env.py).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from quantserve.quantize.manifest import CalibrationInfo, Quality
+from quantserve.quantize.progress import step
+
+LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate")
+RESULT_NAME = ".build.json"
+
+
+class BuildSpec(BaseModel):
+    variant: str
+    recipe: dict
+    source: str
+    out: str
+    calibration_file: str
+    samples: int
+    seq_len: int
+    heldout_file: str
+    threads: int
+    group_size: int | None
+
+
+class BuildResult(BaseModel):
+    calibration: CalibrationInfo | None
+    quality: Quality | None
+    versions: dict[str, str]
+    wall_time_s: float
+    peak_rss_bytes: int
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for lib in LIBRARIES:
+        try:
+            found[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _measure_quality(spec: BuildSpec) -> Quality:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantserve.quantize.calibration import heldout_ids, ids_sha256
+    from quantserve.quantize.quality import compare
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.source)
+    seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
+    # The source in fp32 is the reference; the variant loads exactly as a transformers user would load it.
+    source = AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.float32).eval()
+    variant = AutoModelForCausalLM.from_pretrained(spec.out, device_map="cpu").eval()
+    stats = compare(source, variant, seqs)
+    return Quality(
+        heldout_file=Path(spec.heldout_file).name, heldout_sha256=ids_sha256(seqs), tokens=stats.tokens,
+        ppl=stats.ppl, ppl_source=stats.ppl_source, ppl_ratio=stats.ppl_ratio, kld_mean=stats.kld_mean,
+        kld_p95=stats.kld_p95, top1_agreement=stats.top1_agreement,
+    )
+
+
+def run(spec: BuildSpec) -> BuildResult:
+    import torch
+    from transformers import AutoTokenizer
+
+    from quantserve.quantize.calibration import calibration_ids, ids_sha256
+    from quantserve.quantize.recipes import BnbRecipe, parse_recipe
+
+    torch.set_num_threads(spec.threads)
+    recipe = parse_recipe(spec.recipe)
+    out = Path(spec.out)
+    start = time.perf_counter()
+    calibration = None
+    if isinstance(recipe, BnbRecipe):
+        from quantserve.quantize import build_bnb
+
+        with step(f"{spec.variant}: quantize with bitsandbytes ({recipe.scheme}) and save"):
+            build_bnb.build(recipe, Path(spec.source), out)
+    else:
+        from quantserve.quantize import build_llmcompressor
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.source)
+        calib = calibration_ids(tokenizer, Path(spec.calibration_file), spec.samples, spec.seq_len)
+        calibration = CalibrationInfo(file=Path(spec.calibration_file).name, samples=len(calib),
+                                      seq_len=spec.seq_len, sha256=ids_sha256(calib))
+        with step(f"{spec.variant}: calibrate layer by layer on {len(calib)}x{spec.seq_len} tokens and save"):
+            build_llmcompressor.build(recipe, Path(spec.source), out, calib, spec.group_size)
+    wall = time.perf_counter() - start
+    with step(f"{spec.variant}: quality vs source on held-out text"):
+        quality = _measure_quality(spec)
+    return BuildResult(
+        calibration=calibration, quality=quality, versions=_versions(), wall_time_s=round(wall, 2),
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+
+
+def main() -> None:
+    spec = BuildSpec.model_validate_json(Path(sys.argv[1]).read_text())
+    result = run(spec)
+    (Path(spec.out) / RESULT_NAME).write_text(json.dumps(result.model_dump(mode="json"), indent=2))
+
+
+if __name__ == "__main__":
+    main()

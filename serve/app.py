@@ -1,0 +1,33 @@
+"""The gateway FastAPI app: routes, error shapes and the runtime started and stopped with the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from quantserve.serve.config import ServeConfig
+from quantserve.serve.errors import install_error_handlers
+from quantserve.serve.router import router
+from quantserve.serve.runtime import GatewayRuntime
+
+from quantserve import __version__
+
+
+def create_app(config: ServeConfig, routes: dict[str, list[str]]) -> FastAPI:
+    """`routes`: served model name -> upstream base URLs (local engines and external vLLM servers)."""
+    runtime = GatewayRuntime(config, routes)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="quantserve gateway", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    install_error_handlers(app, runtime.on_error)
+    app.include_router(router)
+    return app

@@ -1,0 +1,183 @@
+"""serve.yaml: one file for the gateway, the engines and the models, with QUANTSERVE_* env overrides.
+
+Precedence, highest first: command-line flags, environment (QUANTSERVE_PORT, QUANTSERVE_ENGINE__MAX_MODEL_LEN,
+...), the YAML file, the defaults below. See serve/serve.example.yaml for every field.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from quantserve.errors import UserError
+from quantserve.paths import state_dir
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "serve.example.yaml"
+
+# settings_customise_sources is a classmethod with no per-call argument, so the YAML path travels here.
+_YAML_FILE: ContextVar[Path | None] = ContextVar("quantserve_serve_yaml", default=None)
+
+
+class EngineSettings(BaseModel):
+    """How local vLLM servers are started and supervised."""
+
+    model_config = {"extra": "forbid"}
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = "127.0.0.1"  # engines stay on loopback: only the gateway is meant to reach them
+    port_base: int = 8100  # first port tried; taken ports are skipped
+    dtype: str | None = None  # None: float32 on CPU (vLLM-CPU's fastest path here), auto on CUDA
+    max_model_len: int = 2048
+    enforce_eager: bool | None = None  # None: on for CPU, off for CUDA
+    tensor_parallel_size: int = 1
+    replicas: int = 1  # vLLM servers per model; the gateway round-robins among the healthy ones
+    kv_cache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE, CPU only
+    gpu_memory_utilization: float | None = None  # CUDA only; set it when several engines share a GPU
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = 600.0
+    stop_timeout_s: float = 15.0
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
+    healthy_reset_s: float = 120.0  # an engine up this long since its last crash restarts fast again
+
+
+class ModelSpec(BaseModel):
+    """A model named in serve.yaml: a local folder to start engines for, external servers, or both."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str
+    path: str | None = None  # HF folder, variant folder or HF id that local engines load
+    upstreams: list[str] = Field(default_factory=list)  # running OpenAI servers, e.g. http://10.0.0.5:8000
+    replicas: int | None = None
+    tensor_parallel_size: int | None = None
+    extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _strip_slash(cls, urls: list[str]) -> list[str]:
+        return [url.rstrip("/").removesuffix("/v1") for url in urls]
+
+
+class OverloadSettings(BaseModel):
+    """Admission per upstream: this many requests run, this many wait, the rest get 429 at once."""
+
+    model_config = {"extra": "forbid"}
+
+    max_in_flight_per_upstream: int = 64
+    max_queue_per_upstream: int = 128
+    queue_timeout_s: float = 30.0
+
+
+class LedgerSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    batch_size: int = 200
+
+
+class ServeConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QUANTSERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: bool = True
+    database_url: str | None = None  # None: SQLite file under state_dir(); postgresql://... to share it
+    log_prompts: bool = False
+    log_level: str = "info"
+    access_log: bool = False  # our own one-line request log replaces uvicorn's
+    max_body_bytes: int = 1_048_576
+    upstream_timeout_s: float = 600.0  # longest silence allowed between two bytes from an engine
+    health_interval_s: float = 1.0
+    key_cache_ttl_s: float = 5.0  # how long a verified key is trusted before the database is asked again
+    default_rpm: int | None = None  # for keys created without --rpm; None: unlimited
+    default_tpm: int | None = None
+    gateway_id: str = Field(default_factory=socket.gethostname)  # written on each ledger row
+    variants_dir: Path | None = None
+    model_refs: list[str] = Field(default_factory=list)  # --model values: folders, variant names, HF ids
+    models: list[ModelSpec] = Field(default_factory=list)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    overload: OverloadSettings = Field(default_factory=OverloadSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _YAML_FILE.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{state_dir() / 'serve.db'}"
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
+    """Read `path` (if any) under env overrides; `overrides` are command-line values and win over both.
+
+    An override of None means "flag not given" and is dropped so the file or env value stays.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if path is not None:
+        _check_yaml(path)
+    token = _YAML_FILE.set(path)
+    try:
+        return ServeConfig(**given)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        origin = f"{path}: " if path else ""
+        raise UserError(f"serve config {origin}{where}: {first['msg']}") from None
+    finally:
+        _YAML_FILE.reset(token)
+
+
+def _check_yaml(path: Path) -> None:
+    # YamlConfigSettingsSource would report these as a traceback; the user gets one line instead.
+    if not path.is_file():
+        raise UserError(f"serve config not found: {path} (see {EXAMPLE_CONFIG} for a starting point)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"serve config {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"serve config {path} must be a mapping of settings")
+
+
+def build_config(
+    variants_dir: Path | None = None,
+    model_path: str | Path | None = None,
+    no_auth: bool = False,
+    port: int | None = None,
+    config_file: Path | None = None,
+    **overrides: Any,
+) -> ServeConfig:
+    """The config `quantserve serve` builds from its flags, for Python callers such as `quantserve run`."""
+    return load_config(
+        config_file,
+        variants_dir=variants_dir,
+        model_refs=[str(model_path)] if model_path is not None else None,
+        auth=False if no_auth else None,
+        port=port,
+        **overrides,
+    )

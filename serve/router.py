@@ -1,0 +1,75 @@
+"""The gateway's HTTP surface: OpenAI endpoints under /v1, plus /health, /ready and /metrics without a key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from quantserve.serve.accounting import RequestRecord
+from quantserve.serve.errors import OpenAIError
+from quantserve.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from quantserve.serve.runtime import GatewayRuntime
+
+router = APIRouter()
+
+
+def runtime(request: Request) -> GatewayRuntime:
+    return request.app.state.runtime
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    pools = runtime(request).pools
+    models = {
+        name: {
+            "ready": pool.ready(),
+            "healthy_upstreams": sum(1 for u in pool.upstreams if u.healthy),
+            "upstreams": len(pool.upstreams),
+            "in_flight": pool.in_flight(),
+        }
+        for name, pool in pools.items()
+    }
+    all_ready = bool(pools) and all(m["ready"] for m in models.values())
+    return JSONResponse({"status": "ready" if all_ready else "not_ready", "models": models},
+                        status_code=200 if all_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    rt = runtime(request)
+    await rt.authenticator.authenticate(request.headers.get("authorization"))
+    return ModelList(data=[ModelCard(id=name, created=rt.created) for name in rt.pools])
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard)
+async def get_model(model: str, request: Request) -> ModelCard:
+    rt = runtime(request)
+    await rt.authenticator.authenticate(request.headers.get("authorization"))
+    if model not in rt.pools:
+        raise OpenAIError(404, f"The model '{model[:200]}' does not exist here", type="invalid_request_error",
+                          param="model", code="model_not_found")
+    return ModelCard(id=model, created=rt.created)
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    rec = RequestRecord.begin("/v1/chat/completions")
+    request.state.record = rec
+    return await runtime(request).proxy.handle(request, rec, ChatCompletionRequest)
+
+
+@router.post("/v1/completions")
+async def create_completion(request: Request) -> Response:
+    rec = RequestRecord.begin("/v1/completions")
+    request.state.record = rec
+    return await runtime(request).proxy.handle(request, rec, CompletionRequest)

@@ -1,0 +1,80 @@
+"""What one gateway process holds while it runs: pools, the pooled client, keys, limits, ledger, metrics."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from fastapi import Request
+from quantserve.serve.accounting import Accounting, RequestRecord
+from quantserve.serve.auth import Authenticator
+from quantserve.serve.config import ServeConfig
+from quantserve.serve.errors import OpenAIError
+from quantserve.serve.keys import KeyStore
+from quantserve.serve.ledger import Ledger
+from quantserve.serve.limits import RateLimiter
+from quantserve.serve.metrics import GatewayMetrics
+from quantserve.serve.serving import ProxyService
+from quantserve.serve.upstreams import HealthMonitor, ModelPool, Upstream
+
+_KNOWN_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready",
+                              "/metrics"})
+
+
+class GatewayRuntime:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]]) -> None:
+        """`routes`: served model name -> base URLs of the OpenAI servers that serve it."""
+        self.config = config
+        self.created = int(time.time())
+        self.metrics = GatewayMetrics()
+        overload = config.overload
+        self.pools = {
+            name: ModelPool(
+                name,
+                [Upstream(name, url, overload.max_in_flight_per_upstream) for url in urls],
+                max_queue=overload.max_queue_per_upstream * max(1, len(urls)),
+                queue_timeout_s=overload.queue_timeout_s,
+                metrics=self.metrics,
+            )
+            for name, urls in routes.items()
+        }
+        database_url = config.resolved_database_url()
+        self.authenticator = Authenticator(KeyStore(database_url) if config.auth else None, config.auth,
+                                           config.key_cache_ttl_s)
+        self.limiter = RateLimiter()
+        self.ledger = Ledger(database_url, batch_size=config.ledger.batch_size)
+        self.accounting = Accounting(self.metrics, self.ledger, self.limiter, config.gateway_id,
+                                     config.log_prompts)
+        self.client: httpx.AsyncClient | None = None
+        self.proxy: ProxyService
+        self.health: HealthMonitor | None = None
+
+    async def start(self) -> None:
+        capacity = sum(u.max_in_flight for pool in self.pools.values() for u in pool.upstreams)
+        self.client = httpx.AsyncClient(
+            # read: the longest silence between two bytes of an answer, not the whole answer's duration
+            timeout=httpx.Timeout(connect=5.0, read=self.config.upstream_timeout_s, write=30.0, pool=30.0),
+            limits=httpx.Limits(max_connections=capacity + 16, max_keepalive_connections=capacity + 16),
+            trust_env=False,  # engines are on loopback or a cluster network: never through an HTTP proxy
+        )
+        self.proxy = ProxyService(self.client, self.pools, self.accounting, self.authenticator, self.limiter,
+                                  self.config.max_body_bytes, self.config.log_prompts)
+        await self.ledger.start()
+        self.health = HealthMonitor(self.pools, self.client, self.config.health_interval_s)
+        await self.health.start()
+
+    async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+        await self.ledger.close()  # every queued usage row is written before the process ends
+        if self.client is not None:
+            await self.client.aclose()
+
+    def on_error(self, request: Request, err: OpenAIError) -> None:
+        rec: RequestRecord | None = getattr(request.state, "record", None)
+        if rec is None:
+            path = request.url.path
+            rec = RequestRecord.begin(path if path in _KNOWN_ENDPOINTS else "other")
+        rec.status = err.status
+        rec.error_type = err.type
+        self.accounting.finish(rec)

@@ -1,0 +1,131 @@
+"""ServeStack: engines plus gateway as one context manager, for `quantserve serve`, `quantserve run`, tests.
+
+    config = build_config(variants_dir=Path("variants"), no_auth=True, port=8000)
+    with ServeStack(config) as stack:
+        stack.base_url            # http://127.0.0.1:8000, the gateway (append /v1 for an OpenAI client)
+        stack.models              # served names
+        stack.engine_url(name)    # the vLLM server itself, bypassing the gateway
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Literal
+
+from quantserve.serve.catalog import Catalog, resolve_catalog
+from quantserve.serve.config import ServeConfig
+from quantserve.serve.device import resolve_device
+from quantserve.serve.engines import Engine, EngineGroup, allocate_ports, build_engine_specs
+from quantserve.serve.gateway import GatewayProcess, GatewayThread, client_host
+
+from quantserve.paths import state_dir
+
+log = logging.getLogger("quantserve.serve.stack")
+
+
+class ServeStack:
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        gateway_mode: Literal["thread", "process"] = "thread",
+        log_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.gateway_mode = gateway_mode
+        self.log_dir = log_dir or state_dir() / "logs"
+        self.catalog: Catalog | None = None
+        self.engines: EngineGroup | None = None
+        self.gateway: GatewayThread | GatewayProcess | None = None
+        self.routes: dict[str, list[str]] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def __enter__(self) -> ServeStack:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.config.port == 0:  # "any free port", for tests and parallel runs
+            self.config = self.config.model_copy(
+                update={"port": allocate_ports(self.config.host, 18000, 1)[0]})
+        self.catalog = resolve_catalog(self.config)
+        for warning in self.catalog.warnings:
+            log.warning("%s", warning)
+        device = resolve_device(self.config.engine.device)
+        specs = build_engine_specs(self.catalog.models, self.config.engine, device,
+                                   avoid_ports=[self.config.port])
+        self.engines = EngineGroup(specs, self.log_dir)
+        log.info("starting %d engine(s) on %s: %s", len(specs), device,
+                 ", ".join(f"{s.label}@{s.port}" for s in specs) or "none (external upstreams only)")
+        self.engines.start()
+        self.routes = {
+            m.name: [e.url for e in self.engines.for_model(m.name)] + list(m.upstreams)
+            for m in self.catalog.models
+        }
+        try:
+            if self.gateway_mode == "process":
+                self.gateway = GatewayProcess(self.config, self.routes, self.log_dir / "gateway.log")
+            else:
+                self.gateway = GatewayThread(self.config, self.routes)
+            self.gateway.start()
+        except BaseException:
+            self.engines.stop()
+            raise
+        log.info("gateway on %s serving %s", self.base_url, ", ".join(self.models))
+
+    def stop(self) -> None:
+        """Gateway first (it drains streams and flushes the ledger), then the engines. Safe to call twice."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.engines is not None:
+            self.engines.stop()
+            self.engines = None
+
+    def serve_forever(self) -> None:
+        """Block until SIGINT or SIGTERM (main thread only); the caller's `with` then stops everything."""
+        stop = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # --- what callers read ------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{client_host(self.config.host)}:{self.config.port}"
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.routes)
+
+    def engine_url(self, name: str) -> str:
+        """The first upstream serving `name` directly (a local vLLM server when there is one)."""
+        if name not in self.routes or not self.routes[name]:
+            raise KeyError(f"no upstream serves {name}; served: {', '.join(self.routes)}")
+        return self.routes[name][0]
+
+    def engine(self, name: str) -> Engine:
+        """The first local engine of `name`: its pid is the process-group id, its state the supervisor's."""
+        engines = self.engines.for_model(name) if self.engines is not None else []
+        if not engines:
+            raise KeyError(f"no local engine serves {name}")
+        return engines[0]

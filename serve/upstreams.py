@@ -1,0 +1,198 @@
+"""Where a model's requests go: its upstream vLLM servers, their health, and admission (slots, queue, 429).
+
+Each model has one or more upstreams (local engines or external servers). A request takes a slot on a healthy
+upstream with room, picked round-robin; when all are full it waits in a bounded FIFO queue for a bounded time;
+past that it gets 429 at once. With no healthy upstream it gets 503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from quantserve.serve.errors import OpenAIError
+from quantserve.serve.metrics import GatewayMetrics
+
+log = logging.getLogger("quantserve.serve.upstreams")
+
+
+class Upstream:
+    def __init__(self, model: str, base_url: str, max_in_flight: int) -> None:
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.healthy = False
+
+    def has_room(self) -> bool:
+        return self.healthy and self.in_flight < self.max_in_flight
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.model} @ {self.base_url}, healthy={self.healthy}, in_flight={self.in_flight})"
+
+
+class ModelPool:
+    def __init__(
+        self,
+        name: str,
+        upstreams: list[Upstream],
+        max_queue: int,
+        queue_timeout_s: float,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self.upstreams = upstreams
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.metrics = metrics
+        self._next = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        if metrics is not None:
+            for upstream in upstreams:
+                metrics.engine_up.labels(name, upstream.base_url).set(0)
+
+    def ready(self) -> bool:
+        return any(u.healthy for u in self.upstreams)
+
+    def in_flight(self) -> int:
+        return sum(u.in_flight for u in self.upstreams)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Upstream]:
+        upstream = await self.acquire()
+        try:
+            yield upstream
+        finally:
+            self.release(upstream)
+
+    async def acquire(self) -> Upstream:
+        if not self._waiters:  # no overtaking: a free slot goes to whoever waited longest
+            picked = self._pick()
+            if picked is not None:
+                return self._take(picked)
+        if not self.ready():
+            raise self._unavailable()
+        if len(self._waiters) >= self.max_queue:
+            raise self._overloaded()
+        return await self._wait_for_slot()
+
+    def release(self, upstream: Upstream) -> None:
+        upstream.in_flight -= 1
+        self._gauges()
+        self._wake(1)
+
+    def set_health(self, upstream: Upstream, healthy: bool) -> None:
+        if upstream.healthy == healthy:
+            return
+        upstream.healthy = healthy
+        log.warning("%s upstream %s is %s", self.name, upstream.base_url, "up" if healthy else "DOWN")
+        if self.metrics is not None:
+            self.metrics.engine_up.labels(self.name, upstream.base_url).set(1 if healthy else 0)
+        # up: waiters can take the new room; down: waiters re-check and fail fast if nothing is left
+        self._wake(len(self._waiters))
+
+    def _pick(self) -> Upstream | None:
+        count = len(self.upstreams)
+        for offset in range(count):
+            candidate = self.upstreams[(self._next + offset) % count]
+            if candidate.has_room():
+                self._next = (self._next + offset + 1) % count
+                return candidate
+        return None
+
+    def _take(self, upstream: Upstream) -> Upstream:
+        upstream.in_flight += 1
+        self._gauges()
+        return upstream
+
+    async def _wait_for_slot(self) -> Upstream:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        self._gauges()
+        taken: Upstream | None = None
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                while True:
+                    await waiter
+                    picked = self._pick()
+                    if picked is not None:
+                        taken = self._take(picked)
+                        return taken
+                    if not self.ready():
+                        raise self._unavailable()
+                    waiter = loop.create_future()
+                    self._waiters.appendleft(waiter)  # keep its place at the head of the queue
+        except TimeoutError:
+            raise self._overloaded() from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif taken is None and waiter.done() and not waiter.cancelled():
+                self._wake(1)  # we were woken but leave without the slot: pass the wake-up on
+            self._gauges()
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(self.name).set(self.in_flight())
+            self.metrics.queued.labels(self.name).set(len(self._waiters))
+
+    def _unavailable(self) -> OpenAIError:
+        return OpenAIError(503, f"model '{self.name}' has no running engine right now; retry shortly",
+                           code="engine_unavailable", headers={"Retry-After": "5"})
+
+    def _overloaded(self) -> OpenAIError:
+        return OpenAIError(429, f"model '{self.name}' is overloaded: all engine slots and the wait queue are "
+                           "full; retry shortly", code="server_overloaded", headers={"Retry-After": "1"})
+
+
+class HealthMonitor:
+    """Polls each upstream's /health. Requests also report failures at once through ModelPool.set_health."""
+
+    def __init__(self, pools: dict[str, ModelPool], client: httpx.AsyncClient, interval_s: float) -> None:
+        self.pools = pools
+        self.client = client
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll_once(self) -> None:
+        checks = [self._check(pool, up) for pool in self.pools.values() for up in pool.upstreams]
+        await asyncio.gather(*checks)
+
+    async def _check(self, pool: ModelPool, upstream: Upstream) -> None:
+        try:
+            timeout = min(5.0, self.interval_s * 3)
+            reply = await self.client.get(f"{upstream.base_url}/health", timeout=timeout)
+            healthy = reply.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        pool.set_health(upstream, healthy)
+
+    async def start(self) -> None:
+        await self.poll_once()
+        self._task = asyncio.create_task(self._run(), name="upstream-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # a bug in one poll must not end health checking for good
+                log.exception("health poll failed")
