@@ -90,8 +90,11 @@ def throughput_plot(report: Report) -> str:
                 color=COLORS[i % len(COLORS)])
     ax.set_xlabel(mode + (" (concurrent requests)" if mode == "concurrency" else " (requests/s)"))
     ax.set_ylabel("output tokens/s")
-    if mode == "concurrency":
+    values = sorted({p.value for v in rows for p in v.by_concurrency})
+    if mode == "concurrency" and len(values) > 1 and values[-1] / values[0] > 8:
         ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [f"{x:g}" for x in values])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)

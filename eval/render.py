@@ -30,8 +30,10 @@ code{background:#f3f3f3;padding:0 .2em}
 
 def _context(report: Report) -> str:
     hw = report.hardware
-    price = (f"{hw['label']} at ${hw['usd_per_hour']:.2f}/h ({hw['source']}, {hw['date']})" if hw
-             else "no hardware given (--gpu), so no cost")
+    price = "no hardware given (--gpu), so no cost"
+    if hw:
+        dated = hw["source"] if hw["date"] in hw["source"] else f"{hw['source']}, {hw['date']}"
+        price = f"{hw['label']} at ${hw['usd_per_hour']:.2f}/h ({dated})"
     sweep = f"{report.sweep.get('mode')}={','.join(f'{v:g}' for v in report.sweep.get('values', []))}"
     return (f"Run `{report.run_dir}` · scenario `{report.scenario}` · sweep `{sweep}` · "
             f"SLO {format_slo(slo_from_dict(report.slo))} · hardware: {price}")
@@ -61,7 +63,7 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
         ("vram", f"VRAM plan for {plan['model']}",
          [f"At {plan['context_len']} tokens of context × {plan['concurrency']} concurrent sequences, "
           f"{plan['unit']}. Formula: {plan['formula']}", vram_table(plan), "!plot:vram"]),
-        ("unavailable", "Not measured here", unavailable or ["Every variant was measured."]),
+        ("unavailable", "Variants without speed numbers", unavailable or ["Every variant was measured."]),
         ("notes", "Notes", [f"- {n}" for n in report.notes] or ["None."]),
     ]
 

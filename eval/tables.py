@@ -93,7 +93,8 @@ def vram_table(plan: dict[str, Any]) -> Table:
     for r in plan["rows"]:
         rows.append([r["precision"], f"{r['effective_bits']:.3g}", f"{r['weights_gb']:.2f}",
                      f"{r['kv_cache_gb']:.2f}", f"{r['overhead_gb']:.2f}", f"{r['total_gb']:.2f}",
-                     *["fits" if r["fits"][str(gb)] else "no" for gb in gpus], f"{r['max_context_16gb']:,}"])
+                     *["fits" if r["fits"][str(gb)] else "no" for gb in gpus],
+                     f"{r['max_context_16gb']:,}" if r["max_context_16gb"] else "does not fit"])
     return headers, rows
 
 

@@ -84,12 +84,21 @@ class Precision:
     bits: int
     group_size: int | None = None  # weights per scale; None when scales are per row (negligible)
     scale_bits: float = 16
+    auto_group: bool = False  # recipe said "auto": re-pick the group for the plan model's shapes
 
-    @property
-    def effective_bits(self) -> float:
-        if self.bits >= 16 or not self.group_size:
+    def effective_bits(self, config: ModelConfig | None = None) -> float:
+        group = self.group_size
+        if self.auto_group and config is not None:
+            group = auto_group_size(config)
+        if self.bits >= 16 or not group:
             return float(self.bits)
-        return self.bits + self.scale_bits / self.group_size
+        return self.bits + self.scale_bits / group
+
+
+def auto_group_size(config: ModelConfig) -> int | None:
+    """Same rule as quantize's group_size "auto": the largest of 128/64/32 dividing every Linear input width."""
+    widths = (config.hidden_size, config.intermediate_size, config.num_attention_heads * config.head_dim)
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
 
 
 def precision_of(variant: str, scheme: str, bits: int, group_size: int | None,
@@ -99,7 +108,7 @@ def precision_of(variant: str, scheme: str, bits: int, group_size: int | None,
         # with double quantization.
         double = bool((recipe or {}).get("double_quant"))
         return Precision(variant, 4, 64, 8 + 32 / 256 if double else 32)
-    return Precision(variant, bits, group_size)
+    return Precision(variant, bits, group_size, auto_group=(recipe or {}).get("group_size") == "auto")
 
 
 DEFAULT_PRECISIONS = (
@@ -125,14 +134,15 @@ class VramRow:
 
 def plan_row(config: ModelConfig, precision: Precision, context_len: int, concurrency: int) -> VramRow:
     dense = config.num_parameters - config.embedding_params
-    weights = (dense * precision.effective_bits / 8 + config.embedding_params * 2) / GIB
+    bits = precision.effective_bits(config)
+    weights = (dense * bits / 8 + config.embedding_params * 2) / GIB
     kv_per_token = config.kv_bytes_per_token()
     kv = kv_per_token * context_len * concurrency / GIB
     total = weights + kv + RUNTIME_OVERHEAD_GIB
     room_16 = 16 * GPU_MEMORY_UTILIZATION - weights - RUNTIME_OVERHEAD_GIB
     max_ctx = max(0, int(room_16 * GIB / (kv_per_token * concurrency)))
     return VramRow(
-        precision=precision.label, bits=precision.bits, effective_bits=precision.effective_bits,
+        precision=precision.label, bits=precision.bits, effective_bits=bits,
         weights_gb=weights, kv_cache_gb=kv, overhead_gb=RUNTIME_OVERHEAD_GIB, total_gb=total,
         fits={str(gb): total <= gb * GPU_MEMORY_UTILIZATION for gb in CONSUMER_GPUS_GB},
         max_context_16gb=min(max_ctx, config.max_position_embeddings),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from quantserve.quantize.model_fetch import DEFAULT_MODEL
 
 
@@ -21,7 +20,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(DEFAULT_MODEL, help="Embedded default name, HF id, or local folder."),
         force: bool = typer.Option(False, help="Convert the embedded default again even if cached."),
     ) -> None:
-        """Make the source model available as a local HF folder and print its path (cached: a second fetch is a no-op)."""
+        """Make the source model a local HF folder and print its path (cached: a second fetch is a no-op)."""
         from quantserve.quantize.model_fetch import ensure_default_model, resolve_model
 
         path = ensure_default_model(force=True) if force and model == DEFAULT_MODEL else resolve_model(model)
@@ -29,7 +28,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("quantize")
     def quantize_cmd(
-        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Embedded default name, HF id, or local folder."),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                                  help="Embedded default name, HF id, or local folder."),
         variants: str = typer.Option("all", "--variants", "-v",
                                      help="Comma list from quantize/variants.yaml, or 'all': "
                                           "gptq-w4a16, awq-w4a16, w8a8-int8, bnb-nf4, bnb-int8."),
@@ -39,11 +39,12 @@ def register(app: typer.Typer) -> None:
         group_size: str = typer.Option("auto", help="INT4 group size, or 'auto': the largest of 128/64/32 "
                                                     "dividing every quantized layer's input width."),
         force: bool = typer.Option(False, help="Rebuild even when the same recipe was already published."),
-        max_kld: float = typer.Option(None, help="Fail (and do not publish) a variant whose mean KLD is above this."),
-        min_top1: float = typer.Option(None, help="Fail (and do not publish) a variant whose top-1 agreement is below this."),
+        max_kld: float = typer.Option(None, help="Fail, and do not publish, a variant whose mean KLD is above this."),
+        min_top1: float = typer.Option(None, help="Fail, and do not publish, a variant whose top-1 agreement is "
+                                                  "below this."),
         threads: int = typer.Option(0, help="Torch threads per build (0: all cores)."),
-        calibration_file: Path = typer.Option(None, help="Chat JSONL for calibration (default prompts/calibration/...)."),
-        heldout_file: Path = typer.Option(None, help="Chat JSONL for the quality check (default prompts/heldout/...)."),
+        calibration_file: Path = typer.Option(None, help="Chat JSONL for calibration (default: prompts/calibration/)."),
+        heldout_file: Path = typer.Option(None, help="Chat JSONL for the quality check (default: prompts/heldout/)."),
     ) -> None:
         """Quantize a source model into variants, each a vLLM-loadable folder with manifest.json."""
         from quantserve.quantize.runner import QuantizeOptions, quantize

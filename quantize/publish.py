@@ -7,8 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from quantserve.errors import UserError
 from quantserve.quantize.manifest import MANIFEST_NAME
+
+from quantserve.errors import UserError
 
 OWNER_MARK = ".quantserve-variants"
 _TMP_TAG = ".tmp-"

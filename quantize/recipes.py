@@ -101,7 +101,10 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecip
     return out
 
 
-def select_variants(spec: str, path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe]:
+AnyRecipe = GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe
+
+
+def select_variants(spec: str, path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
     """`spec` is a comma list of names from variants.yaml, or `all`."""
     known = load_variants(path)
     names = list(known) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from quantserve.errors import UserError
 from quantserve.quantize.manifest import Manifest, list_manifests
+
+from quantserve.errors import UserError
 
 
 def _rows(root: Path) -> list[Manifest]:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel
-
 from quantserve.quantize.manifest import CalibrationInfo, Quality
 from quantserve.quantize.progress import step
 
@@ -55,10 +54,9 @@ def _versions() -> dict[str, str]:
 
 def _measure_quality(spec: BuildSpec) -> Quality:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
     from quantserve.quantize.quality import compare
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
@@ -75,10 +73,9 @@ def _measure_quality(spec: BuildSpec) -> Quality:
 
 def run(spec: BuildSpec) -> BuildResult:
     import torch
-    from transformers import AutoTokenizer
-
     from quantserve.quantize.calibration import calibration_ids, ids_sha256
     from quantserve.quantize.recipes import BnbRecipe, parse_recipe
+    from transformers import AutoTokenizer
 
     torch.set_num_threads(spec.threads)
     recipe = parse_recipe(spec.recipe)

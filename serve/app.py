@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
+from quantserve import __version__
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.errors import install_error_handlers
 from quantserve.serve.router import router
 from quantserve.serve.runtime import GatewayRuntime
-
-from quantserve import __version__
 
 
 def create_app(config: ServeConfig, routes: dict[str, list[str]]) -> FastAPI:

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantserve.errors import UserError
 from quantserve.quantize.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.serve.config import ModelSpec, ServeConfig
 from quantserve.serve.device import Device, resolve_device
-
-from quantserve.errors import UserError
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
+
 from quantserve.serve.config import ServeConfig, load_config
 
 

@@ -22,12 +22,12 @@ from enum import StrEnum
 from pathlib import Path
 
 import httpx
-from quantserve.serve.catalog import HostedModel
-from quantserve.serve.config import EngineSettings
-from quantserve.serve.device import Device
 
 from quantserve.errors import UserError
 from quantserve.paths import state_dir
+from quantserve.serve.catalog import HostedModel
+from quantserve.serve.config import EngineSettings
+from quantserve.serve.device import Device
 
 log = logging.getLogger("quantserve.serve.engines")
 

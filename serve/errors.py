@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("quantserve.serve.errors")
 
@@ -114,8 +115,39 @@ def install_error_handlers(app: FastAPI, on_error: ErrorHook | None = None) -> N
         message = known.get(err.status_code, str(err.detail))
         return finish(request, OpenAIError(err.status_code, message, headers=dict(err.headers or {})))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s: %s", request.method, request.url.path, err, exc_info=err)
-        failure = OpenAIError(500, "internal error in the gateway; see its log", code="internal_error")
-        return finish(request, failure)
+    app.add_middleware(CatchAllMiddleware, on_error=finish)
+
+
+class CatchAllMiddleware:
+    """Turns any exception that escapes a route into a generic OpenAI 500.
+
+    Not an `exception_handler(Exception)`: Starlette runs that one in its outermost middleware and re-raises
+    afterwards, so uvicorn closes the connection, with the request body possibly unread, and the client may see
+    a reset instead of the 500.
+    """
+
+    def __init__(self, app: ASGIApp, on_error: Callable[[Request, OpenAIError], JSONResponse]) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_start)
+        except Exception as err:
+            request = Request(scope)
+            log.error("unhandled error on %s %s: %s", request.method, request.url.path, err, exc_info=err)
+            if started:
+                return  # the status line is out; the connection just ends
+            failure = OpenAIError(500, "internal error in the gateway; see its log", code="internal_error")
+            await self.on_error(request, failure)(scope, receive, send)

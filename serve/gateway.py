@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+
+from quantserve.errors import UserError
 from quantserve.serve.app import create_app
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.engines import port_is_free
-
-from quantserve.errors import UserError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -8,11 +8,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from quantserve.serve.db import api_keys, get_engine
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from quantserve.errors import UserError
+from quantserve.serve.db import api_keys, get_engine
 
 KEY_PREFIX = "sk-qs-"
 _LOOKUP_CHARS = len(KEY_PREFIX) + 6  # stored in clear: narrows the lookup, reveals 36 bits of 256

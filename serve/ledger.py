@@ -14,9 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantserve.serve.db import get_engine, usage
-
 from quantserve.paths import state_dir
+from quantserve.serve.db import get_engine, usage
 
 log = logging.getLogger("quantserve.serve.ledger")
 

@@ -8,6 +8,7 @@ import time
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from quantserve.serve.errors import OpenAIError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
 from quantserve.serve.accounting import RequestRecord
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList

@@ -6,6 +6,7 @@ import time
 
 import httpx
 from fastapi import Request
+
 from quantserve.serve.accounting import Accounting, RequestRecord
 from quantserve.serve.auth import Authenticator
 from quantserve.serve.config import ServeConfig

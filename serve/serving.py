@@ -19,6 +19,8 @@ import anyio
 import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
 from quantserve.serve.accounting import Accounting, RequestRecord
 from quantserve.serve.auth import Authenticator
 from quantserve.serve.errors import OpenAIError, from_upstream
@@ -26,7 +28,6 @@ from quantserve.serve.limits import RateLimiter
 from quantserve.serve.protocol import T, parse_body
 from quantserve.serve.sse import EventSplitter, inspect_event
 from quantserve.serve.upstreams import ModelPool, Upstream
-from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("quantserve.serve.serving")
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
 
+from quantserve.paths import state_dir
 from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.device import resolve_device
 from quantserve.serve.engines import Engine, EngineGroup, allocate_ports, build_engine_specs
 from quantserve.serve.gateway import GatewayProcess, GatewayThread, client_host
-
-from quantserve.paths import state_dir
 
 log = logging.getLogger("quantserve.serve.stack")
 

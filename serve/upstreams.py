@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
+
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.metrics import GatewayMetrics
 

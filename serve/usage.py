@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from quantserve.serve.db import api_keys, get_engine, usage
 from sqlalchemy import case, func, select
 
 from quantserve.errors import UserError
+from quantserve.serve.db import api_keys, get_engine, usage
 
 GROUP_FIELDS = ("key", "model")
 NO_AUTH_KEY = "(no auth)"

@@ -1,0 +1,132 @@
+"""The real libraries (llm-compressor, bitsandbytes, transformers, vLLM's config check) on the real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from quantserve.quantize.files import file_hashes
+from quantserve.quantize.manifest import GRID_NOTE, Manifest, list_manifests
+
+from tests.conftest import run_cli
+
+VARIANTS = ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+
+
+def _cpu_has_avx512() -> bool:
+    flags = Path("/proc/cpuinfo").read_text()
+    return " avx512f" in flags
+
+
+def _manifests(out: Path) -> dict[str, Manifest]:
+    return {m.variant: m for _, m in list_manifests(out)}
+
+
+def test_model_fetch_is_cached_and_answers_paris(default_model, cli):
+    mark = default_model / ".quantserve-complete"
+    before = mark.stat().st_mtime_ns
+    proc = cli("model", "fetch")
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == default_model
+    assert mark.stat().st_mtime_ns == before  # a second fetch converts nothing
+    assert "Paris" in mark.read_text()
+    config = json.loads((default_model / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+
+
+def test_all_five_variants_are_published_with_manifests(variants_dir):
+    out, proc = variants_dir
+    manifests = _manifests(out)
+    assert sorted(manifests) == sorted(VARIANTS)
+    for m in manifests.values():
+        folder = out / m.name
+        assert (folder / "config.json").is_file()
+        assert m.files == file_hashes(folder)  # hashes describe exactly what is on disk
+        assert m.source.note == GRID_NOTE
+        assert m.wall_time_s > 0 and m.peak_rss_bytes > 100 << 20
+        assert m.versions["transformers"] and m.versions["torch"]
+    assert "smollm2-135m-instruct-w8a8-int8" in proc.stdout  # the table is printed
+
+
+def test_calibrated_variants_record_their_calibration_and_group_size(variants_dir):
+    manifests = _manifests(variants_dir[0])
+    for name in ("gptq-w4a16", "awq-w4a16", "w8a8-int8"):
+        cal = manifests[name].calibration
+        assert cal is not None and cal.samples == 8 and cal.seq_len == 128 and len(cal.sha256) == 64
+    assert manifests["gptq-w4a16"].group_size == 64 and manifests["awq-w4a16"].group_size == 64
+    assert manifests["bnb-nf4"].calibration is None
+
+
+def test_sizes_and_quality_are_in_range(variants_dir):
+    manifests = _manifests(variants_dir[0])
+    for name in ("gptq-w4a16", "awq-w4a16", "bnb-nf4"):
+        assert manifests[name].size_ratio <= 0.45, name  # the 16-bit tied embedding is ~21% of the model
+    for name in ("w8a8-int8", "bnb-int8"):
+        assert 0.5 < manifests[name].size_ratio < 0.7, name
+    for m in manifests.values():
+        q = m.quality
+        assert q is not None and q.tokens > 2000
+        assert 0.9 < q.ppl_ratio < 2.0, (m.name, q.ppl_ratio)
+        assert 0 <= q.kld_mean < 1.0 and q.kld_p95 >= q.kld_mean
+        assert 0.6 < q.top1_agreement <= 1.0
+    # 8-bit must be closer to the source than 4-bit
+    assert manifests["w8a8-int8"].quality.kld_mean < manifests["gptq-w4a16"].quality.kld_mean
+    assert manifests["bnb-int8"].quality.kld_mean < manifests["bnb-nf4"].quality.kld_mean
+
+
+def test_vllm_verdicts_follow_the_platform(variants_dir):
+    manifests = _manifests(variants_dir[0])
+    assert manifests["w8a8-int8"].vllm_loadable and manifests["w8a8-int8"].servable_here
+    for name in ("bnb-nf4", "bnb-int8"):
+        assert manifests[name].vllm_loadable is False and not manifests[name].servable_here
+        assert "bitsandbytes" in manifests[name].servable_reason
+    for name in ("gptq-w4a16", "awq-w4a16"):
+        m = manifests[name]
+        assert m.vllm_loadable is True
+        assert m.servable_here == _cpu_has_avx512(), m.servable_reason
+        if not m.servable_here:
+            assert "cpu_gemm_wna16" in m.servable_reason and "w8a8-int8" in m.servable_reason
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_loads_back_in_transformers_and_generates(variants_dir, variant):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = variants_dir[0] / f"smollm2-135m-instruct-{variant}"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu")
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(text.strip()) > 0
+
+
+def test_same_recipe_is_reused_by_hash(variants_dir):
+    out, _ = variants_dir
+    before = (out / "smollm2-135m-instruct-bnb-nf4" / "manifest.json").read_text()
+    proc = run_cli("quantize", "--variants", "bnb-nf4", "--out", str(out), "--samples", "8", "--seq-len", "128")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reused" in proc.stderr
+    assert (out / "smollm2-135m-instruct-bnb-nf4" / "manifest.json").read_text() == before
+
+
+def test_quality_gate_fails_the_command_and_publishes_nothing(tmp_path, default_model):
+    proc = run_cli("quantize", "--variants", "bnb-nf4", "--out", str(tmp_path), "--max-kld", "0.000001")
+    assert proc.returncode != 0
+    assert "quality gate failed" in proc.stderr and "--max-kld" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list_manifests(tmp_path) == []
+
+
+def test_variants_list_shows_numbers_and_reasons(variants_dir):
+    out, _ = variants_dir
+    proc = run_cli("variants", "list", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"].removeprefix("smollm2-135m-instruct-"): r for r in json.loads(proc.stdout)}
+    assert set(rows) == set(VARIANTS)
+    assert rows["bnb-nf4"]["servable_here"] is False and rows["bnb-nf4"]["servable_reason"]
+    assert rows["w8a8-int8"]["kld_mean"] is not None

@@ -1,0 +1,136 @@
+"""A FAKE OpenAI-compatible server for unit tests of the gateway's own logic (routing, errors, streaming,
+accounting). It is not vLLM and imitates only what the gateway relies on: /health, the two generation
+endpoints, vLLM's usage chunk and vLLM's error shape. Real vLLM is covered by tests/integration/serve.
+
+Magic words in the prompt pick a behaviour: TOO_LONG (vLLM's 400 for an over-context prompt), CRASH (the
+connection drops mid-stream), BOOM (a 500 with internals in the body), SLOW (0.2 s per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+TOKENS = ["Hello", " from", " the", " fake", " upstream", "."]
+PROMPT_TOKENS = 7
+
+
+@dataclass
+class FakeState:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0  # streams whose client (the gateway) went away before the end
+    completed: int = 0
+    healthy: bool = True
+
+
+def _text_of(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return json.dumps(body["messages"])
+    return json.dumps(body.get("prompt", ""))
+
+
+def create_fake_app(state: FakeState) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({}, status_code=200 if state.healthy else 503)
+
+    async def generate(request: Request, chat: bool) -> Any:
+        body = await request.json()
+        state.requests.append(body)
+        text = _text_of(body)
+        if "TOO_LONG" in text:
+            return JSONResponse({"error": {
+                "message": "This model's maximum context length is 2048 tokens. However, you requested "
+                           "5000 tokens in the messages. Please reduce the length of the messages.",
+                "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
+        if "BOOM" in text:
+            return JSONResponse({"error": {"message": "Traceback (most recent call last): secret internals",
+                                           "type": "InternalServerError", "code": 500}}, status_code=500)
+        tokens = TOKENS[: body.get("max_tokens") or len(TOKENS)]
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(tokens),
+                 "total_tokens": PROMPT_TOKENS + len(tokens)}
+        model = body["model"]
+        delay = 0.2 if "SLOW" in text else 0.0
+        if not body.get("stream"):
+            try:
+                await asyncio.sleep(delay * len(tokens))
+            except asyncio.CancelledError:
+                state.cancelled += 1
+                raise
+            state.completed += 1
+            if chat:
+                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                          "finish_reason": "length"}
+            else:
+                choice = {"index": 0, "text": "".join(tokens), "finish_reason": "length"}
+            kind = "chat.completion" if chat else "text_completion"
+            return JSONResponse({"id": "fake-1", "object": kind, "created": int(time.time()), "model": model,
+                                 "choices": [choice], "usage": usage})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> Any:
+            try:
+                for i, tok in enumerate(tokens):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    if "CRASH" in text and i == 2:
+                        raise RuntimeError("engine died")  # uvicorn drops the connection mid-body
+                    delta = {"content": tok} if chat else None
+                    choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": tok}
+                    chunk = {"id": "fake-1", "object": "chunk", "model": model, "choices": [choice]}
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                if include_usage:
+                    yield f"data: {json.dumps({'id': 'fake-1', 'choices': [], 'usage': usage})}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                state.completed += 1
+            except asyncio.CancelledError:
+                state.cancelled += 1
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        return await generate(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await generate(request, chat=False)
+
+    return app
+
+
+class ThreadedServer:
+    """uvicorn on a loopback port in a daemon thread."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        self.port = port
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
