@@ -102,6 +102,8 @@ async def send_one(client: httpx.AsyncClient, endpoint: Endpoint, model: str, sc
         record.error = f"timeout: {type(err).__name__}"
     except httpx.HTTPError as err:  # connection refused/reset, peer closed mid-stream, protocol errors
         record.error = f"{type(err).__name__}: {err}"
+    except Exception as err:  # anything else is still a failed request: recorded, never dropped
+        record.error = f"{type(err).__name__}: {err}"
     record.end = clock()
     if record.error is None and record.first_token is None:
         record.error = "no content received"  # as vLLM: without a first token there is no TTFT
@@ -130,7 +132,10 @@ async def _stream(client: httpx.AsyncClient, endpoint: Endpoint, body: dict[str,
             except ValueError:
                 record.error = f"malformed stream event: {data[:100]!r}"
                 return
-            if event.get("error"):
+            if not isinstance(event, dict):
+                record.error = f"malformed stream event: {data[:100]!r}"
+                return
+            if event.get("error") or event.get("object") == "error":
                 record.error = f"stream error: {_error_text(json.dumps(event).encode())}"
                 return
             for choice in event.get("choices") or []:

@@ -107,7 +107,7 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
     missing_usage = sum(r.ok and r.completion_tokens is None for r in records)
     return Report(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        run_dir=str(run_dir),
+        run_dir=str(run_dir.resolve()),
         scenario=eval_doc.get("scenario", ""),
         sweep=eval_doc.get("sweep", {}),
         reference_point=ref,

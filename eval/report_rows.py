@@ -65,6 +65,9 @@ def _attach_measurements(row: VariantRow, points: list[PointRow], ref: str | Non
     if at is None:
         return
     row.reference_point = at.point
+    if at.requests == 0:
+        row.unavailable_reason = f"no records for {at.point} in records.jsonl"
+        return
     if at.completed == 0:
         top = next(iter(at.errors), "unknown error")
         row.unavailable_reason = f"all {at.requests} requests failed at {at.point}: {top}"

@@ -10,23 +10,24 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, Field
 
 import quantserve
 from quantserve.errors import UserError
 from quantserve.eval.endpoint import Endpoint, check_models
-from quantserve.eval.loadgen import LoadLimits, make_client, parse_sweep, run_point
+from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, parse_sweep, run_point
 from quantserve.eval.metrics import compute_metrics
-from quantserve.eval.prices import load_price_table
+from quantserve.eval.prices import HardwareRow, load_price_table
 from quantserve.eval.records import RECORDS_NAME, RunClock, append_records
-from quantserve.eval.scenarios import load_scenario, scenario_path
-from quantserve.eval.slo import format_slo, load_default_slo, parse_slo, slo_to_dict
-from quantserve.eval.tasks import default_tasks_path, load_tasks, run_tasks
+from quantserve.eval.scenarios import ScenarioItem, load_scenario, scenario_path
+from quantserve.eval.slo import Slo, format_slo, load_default_slo, parse_slo, slo_to_dict
+from quantserve.eval.tasks import Task, default_tasks_path, load_tasks, run_tasks
 
 EVAL_NAME = "eval.json"
 SCHEMA_VERSION = 1
@@ -64,9 +65,10 @@ def default_run_dir(root: Path = Path("runs")) -> Path:
 
 
 def update_latest(run_dir: Path) -> Path | None:
-    """Point <parent>/latest at run_dir (relative link, swapped atomically); never replaces a real folder."""
+    """Point runs/latest at run_dir (relative link, swapped atomically) when run_dir sits in a `runs`
+    folder; a run written elsewhere leaves its parent alone, and a real `latest` folder is never replaced."""
     link = run_dir.parent / "latest"
-    if link.exists() and not link.is_symlink():
+    if run_dir.parent.name != "runs" or (link.exists() and not link.is_symlink()):
         return None
     tmp = run_dir.parent / f".latest-{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -98,87 +100,117 @@ def _manifest_names(variants_dir: Path | None) -> tuple[set[str], set[str]]:
     return {m.name for _, m in found}, sources
 
 
-async def run_eval_async(cfg: EvalConfig) -> Path:
-    slo = parse_slo(cfg.slo) if cfg.slo is not None else load_default_slo()
-    price_row = load_price_table().hardware(cfg.gpu) if cfg.gpu else None
-    points = parse_sweep(cfg.sweep)
-    items = load_scenario(cfg.scenario)
+@dataclass(frozen=True)
+class _Plan:
+    """Everything checked before the first request, so bad input fails fast and offline."""
+
+    slo: Slo
+    price_row: HardwareRow | None
+    points: list[LoadPoint]
+    items: list[ScenarioItem]
+    tasks: list[Task] | None
+    tasks_file: Path | None
+    endpoint: Endpoint
+    run_dir: Path
+    limits: LoadLimits
+    notes: list[str]
+
+
+def _plan(cfg: EvalConfig) -> _Plan:
     notes: list[str] = []
-    tasks = None
+    tasks, tasks_file = None, None
     if cfg.tasks:
         tasks_file = cfg.tasks_file or default_tasks_path()
         if cfg.tasks_file is None and not tasks_file.is_file():
             notes.append(f"task accuracy not measured: {tasks_file} does not exist")
+            tasks_file = None
         else:
             tasks = load_tasks(tasks_file)
-    endpoint = Endpoint.of(cfg.base_url, cfg.api_key)
     run_dir = cfg.out or default_run_dir()
     if (run_dir / EVAL_NAME).exists():
         raise UserError(f"{run_dir} already holds a run (eval.json); choose another --out")
-    limits = LoadLimits(num_requests=cfg.num_requests, duration_s=cfg.duration_s, warmup=cfg.warmup,
-                        timeout_s=cfg.timeout_s, seed=cfg.seed, temperature=cfg.temperature,
-                        max_tokens=cfg.max_tokens)
+    return _Plan(
+        slo=parse_slo(cfg.slo) if cfg.slo is not None else load_default_slo(),
+        price_row=load_price_table().hardware(cfg.gpu) if cfg.gpu else None,
+        points=parse_sweep(cfg.sweep),
+        items=load_scenario(cfg.scenario),
+        tasks=tasks, tasks_file=tasks_file,
+        endpoint=Endpoint.of(cfg.base_url, cfg.api_key),
+        run_dir=run_dir,
+        limits=LoadLimits(num_requests=cfg.num_requests, duration_s=cfg.duration_s, warmup=cfg.warmup,
+                          timeout_s=cfg.timeout_s, seed=cfg.seed, temperature=cfg.temperature,
+                          max_tokens=cfg.max_tokens),
+        notes=notes,
+    )
+
+
+async def _measure_model(client: httpx.AsyncClient, cfg: EvalConfig, plan: _Plan, model: str,
+                         clock: RunClock) -> dict[str, Any]:
+    """Every load point of one model (records appended to records.jsonl as they finish), then its tasks."""
+    result: dict[str, Any] = {"points": [], "tasks": None}
+    for point in plan.points:
+        log(f"{model} {point.label}: {cfg.warmup} warm-up + up to {cfg.num_requests} requests "
+            f"or {cfg.duration_s:g}s")
+        records = await run_point(client, plan.endpoint, model, cfg.scenario, plan.items, point, plan.limits,
+                                  clock)
+        append_records(plan.run_dir / RECORDS_NAME, records)
+        m = compute_metrics(records, plan.slo)
+        result["points"].append({"point": point.label, "mode": point.mode, "value": point.value,
+                                 "metrics": asdict(m)})
+        ttft = f"{m.ttft_ms.p50:.0f}/{m.ttft_ms.p99:.0f} ms" if m.ttft_ms else "n/a"
+        log(f"{model} {point.label}: {m.completed}/{m.requests} ok, TTFT p50/p99 {ttft}, "
+            f"{m.output_throughput:.1f} tok/s, goodput {m.goodput_rps or 0:.2f} req/s")
+        if m.failed:
+            log(f"  {m.failed} failed; most common: {next(iter(m.errors))}")
+    if plan.tasks:
+        log(f"{model}: {len(plan.tasks)} tasks (temperature 0, max_tokens {cfg.task_max_tokens})")
+        scores = await run_tasks(client, plan.endpoint, model, plan.tasks, cfg.task_max_tokens,
+                                 timeout_s=cfg.timeout_s)
+        result["tasks"] = scores.to_dict()
+        log(f"{model}: task accuracy {scores.accuracy:.1%} ({scores.errors} request errors)")
+    return result
+
+
+async def run_eval_async(cfg: EvalConfig) -> Path:
+    plan = _plan(cfg)
     clock = RunClock()
     started = time.monotonic()
-    async with make_client(limits) as client:
-        models = await check_models(client, endpoint, cfg.models)
-        variant_names, source_names = _manifest_names(cfg.variants_dir)
-        source = cfg.source_model or guess_source(models, variant_names, source_names)
+    async with make_client(plan.limits) as client:
+        models = await check_models(client, plan.endpoint, cfg.models)
         if cfg.source_model and cfg.source_model not in models:
             raise UserError(f"--source-model {cfg.source_model} is not among the measured models: "
                             f"{', '.join(models)}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        records_path = run_dir / RECORDS_NAME
-        records_path.unlink(missing_ok=True)
-        log(f"eval → {run_dir}: {len(models)} model(s) × {len(points)} load point(s), scenario "
-            f"{cfg.scenario} ({len(items)} prompts), SLO {format_slo(slo)}")
-        results: dict[str, Any] = {}
-        for model in models:
-            results[model] = {"points": [], "tasks": None}
-            for point in points:
-                log(f"{model} {point.label}: {cfg.warmup} warm-up + up to {cfg.num_requests} requests "
-                    f"or {cfg.duration_s:g}s")
-                records = await run_point(client, endpoint, model, cfg.scenario, items, point, limits, clock)
-                append_records(records_path, records)
-                m = compute_metrics(records, slo)
-                results[model]["points"].append({"point": point.label, "mode": point.mode,
-                                                 "value": point.value, "metrics": asdict(m)})
-                ttft = f"{m.ttft_ms.p50:.0f}/{m.ttft_ms.p99:.0f} ms" if m.ttft_ms else "n/a"
-                log(f"{model} {point.label}: {m.completed}/{m.requests} ok, TTFT p50/p99 {ttft}, "
-                    f"{m.output_throughput:.1f} tok/s, goodput {m.goodput_rps or 0:.2f} req/s")
-                if m.failed:
-                    log(f"  {m.failed} failed; most common: {next(iter(m.errors))}")
-            if tasks:
-                log(f"{model}: {len(tasks)} tasks (temperature 0, max_tokens {cfg.task_max_tokens})")
-                scores = await run_tasks(client, endpoint, model, tasks, cfg.task_max_tokens,
-                                         timeout_s=cfg.timeout_s)
-                results[model]["tasks"] = scores.to_dict()
-                log(f"{model}: task accuracy {scores.accuracy:.1%} ({scores.errors} request errors)")
+        source = cfg.source_model or guess_source(models, *_manifest_names(cfg.variants_dir))
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / RECORDS_NAME).unlink(missing_ok=True)
+        log(f"eval → {plan.run_dir}: {len(models)} model(s) × {len(plan.points)} load point(s), scenario "
+            f"{cfg.scenario} ({len(plan.items)} prompts), SLO {format_slo(plan.slo)}")
+        results = {model: await _measure_model(client, cfg, plan, model, clock) for model in models}
     eval_doc = {
         "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quantserve_version": quantserve.__version__,
         "config": {**cfg.model_dump(mode="json", exclude={"api_key"}), "api_key_set": bool(cfg.api_key)},
-        "base_url": endpoint.base_url,
+        "base_url": plan.endpoint.base_url,
         "scenario": cfg.scenario,
         "scenario_file": str(scenario_path(cfg.scenario).resolve()),
-        "sweep": {"mode": points[0].mode, "values": [p.value for p in points]},
-        "slo": slo_to_dict(slo),
+        "sweep": {"mode": plan.points[0].mode, "values": [p.value for p in plan.points]},
+        "slo": slo_to_dict(plan.slo),
         "gpu": cfg.gpu,
-        "price_row": price_row.model_dump() if price_row else None,
+        "price_row": plan.price_row.model_dump() if plan.price_row else None,
         "variants_dir": str(cfg.variants_dir.resolve()) if cfg.variants_dir else None,
         "source_model": source,
         "models": models,
-        "tasks_file": str((cfg.tasks_file or default_tasks_path()).resolve()) if tasks else None,
+        "tasks_file": str(plan.tasks_file.resolve()) if plan.tasks_file else None,
         "results": results,
-        "notes": notes,
+        "notes": plan.notes,
         "wall_time_s": time.monotonic() - started,
     }
-    (run_dir / EVAL_NAME).write_text(json.dumps(eval_doc, indent=2) + "\n")
-    update_latest(run_dir)
-    log(f"done in {time.monotonic() - started:.0f}s: {run_dir / EVAL_NAME}; "
-        f"next: quantserve report {run_dir}")
-    return run_dir
+    (plan.run_dir / EVAL_NAME).write_text(json.dumps(eval_doc, indent=2) + "\n")
+    update_latest(plan.run_dir)
+    log(f"done in {time.monotonic() - started:.0f}s: {plan.run_dir / EVAL_NAME}; "
+        f"next: quantserve report {plan.run_dir}")
+    return plan.run_dir
 
 
 def run_eval(cfg: EvalConfig) -> Path:

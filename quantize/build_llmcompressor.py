@@ -53,12 +53,17 @@ def build(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, source: Path, out: Path,
 
     _no_pinning_without_accelerator()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    # Calibrate in fp32: GPTQ's error feedback and AWQ's scale search write updated weights back into the
+    # model, and bf16 storage rounds those updates away. The result is cast to bf16 before saving, so
+    # scales and the unquantized embedding take the source's 16 bits on disk.
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     data = Dataset.from_dict({"input_ids": calib, "attention_mask": [[1] * len(s) for s in calib]})
     oneshot(
         model=model, tokenizer=tokenizer, dataset=data, recipe=modifiers(recipe, group_size),
         num_calibration_samples=len(calib), max_seq_length=max(len(s) for s in calib),
         shuffle_calibration_samples=False,
     )
+    model.to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)

@@ -10,10 +10,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from quantserve.quantize.progress import step
-
 from quantserve.errors import UserError
 from quantserve.paths import models_dir, state_dir
+from quantserve.quantize.progress import step
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # The GGUF of SmolLM2-135M-Instruct inside this wheel is the one model this project can get without a hub.

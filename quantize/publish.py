@@ -7,9 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from quantserve.quantize.manifest import MANIFEST_NAME
-
 from quantserve.errors import UserError
+from quantserve.quantize.manifest import MANIFEST_NAME
 
 OWNER_MARK = ".quantserve-variants"
 _TMP_TAG = ".tmp-"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from quantserve import __version__
+from quantserve.errors import UserError
 from quantserve.prompts import prompt_path
 from quantserve.quantize import publish
 from quantserve.quantize.calibration import CALIBRATION_FILE, HELDOUT_FILE
@@ -24,9 +26,6 @@ from quantserve.quantize.progress import say, step
 from quantserve.quantize.recipes import select_variants
 from quantserve.quantize.stage_env import quant_python, serve_python
 from quantserve.quantize.worker import RESULT_NAME, BuildResult, BuildSpec
-
-from quantserve import __version__
-from quantserve.errors import UserError
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from quantserve.quantize.manifest import Manifest, list_manifests
-
 from quantserve.errors import UserError
+from quantserve.quantize.manifest import Manifest, list_manifests
 
 
 def _rows(root: Path) -> list[Manifest]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel
+
 from quantserve.quantize.manifest import CalibrationInfo, Quality
 from quantserve.quantize.progress import step
 
@@ -54,15 +55,22 @@ def _versions() -> dict[str, str]:
 
 def _measure_quality(spec: BuildSpec) -> Quality:
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
     from quantserve.quantize.quality import compare
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
-    # The source in fp32 is the reference; the variant loads exactly as a transformers user would load it.
+    # The source in fp32 is the reference. compressed-tensors variants are dequantized once at load (the
+    # same numbers as running compressed, which would unpack every weight on every forward pass).
     source = AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.float32).eval()
-    variant = AutoModelForCausalLM.from_pretrained(spec.out, device_map="cpu").eval()
+    extra = {}
+    if spec.recipe["method"] != "bnb":
+        from transformers import CompressedTensorsConfig
+
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    variant = AutoModelForCausalLM.from_pretrained(spec.out, dtype=torch.float32, device_map="cpu", **extra).eval()
     stats = compare(source, variant, seqs)
     return Quality(
         heldout_file=Path(spec.heldout_file).name, heldout_sha256=ids_sha256(seqs), tokens=stats.tokens,
@@ -73,9 +81,10 @@ def _measure_quality(spec: BuildSpec) -> Quality:
 
 def run(spec: BuildSpec) -> BuildResult:
     import torch
+    from transformers import AutoTokenizer
+
     from quantserve.quantize.calibration import calibration_ids, ids_sha256
     from quantserve.quantize.recipes import BnbRecipe, parse_recipe
-    from transformers import AutoTokenizer
 
     torch.set_num_threads(spec.threads)
     recipe = parse_recipe(spec.recipe)

@@ -32,6 +32,27 @@ def _root(
     _STATE["debug"] = debug
 
 
+@app.command("run")
+def run_all(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Source model (default: embedded)."),
+    variants: str = typer.Option("all", help="Variants to build (comma list or 'all')."),
+    variants_dir: str = typer.Option("variants", help="Where variant folders go."),
+    samples: int = typer.Option(64, min=1, help="Calibration samples."),
+    seq_len: int = typer.Option(256, min=16, help="Tokens per calibration sample."),
+    sweep: str = typer.Option("concurrency=1,4", help="Load points per served model."),
+    requests: int = typer.Option(8, min=1, help="Measured requests per load point."),
+    gpu: str = typer.Option("cpu-2core", help="Price row the cost is computed for (eval/prices.yaml)."),
+    slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
+) -> None:
+    """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
+    from pathlib import Path
+
+    from quantserve.pipeline import RunOptions, run
+
+    run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), samples=samples,
+                   seq_len=seq_len, sweep=sweep, requests_per_point=requests, gpu=gpu, slo=slo))
+
+
 def _register_stages() -> None:
     for name in _STAGES:
         try:

@@ -108,7 +108,7 @@ def _add_variant(
     if not servable(manifest, device):
         runs = ", ".join(runnable_here(variants, device)) or "the source model"
         reason = manifest.servable_reason or "its manifest says servable_here: false"
-        message = f"variant {manifest.name} cannot be served on this machine: {reason}. Runs here: {runs}"
+        message = f"variant {manifest.name} cannot be served on this machine: {reason}. Serve instead: {runs}"
         if named:
             raise UserError(message)
         catalog.warnings.append(f"skipping {message}")
@@ -125,23 +125,21 @@ def _add_ref(
     catalog: Catalog, ref: str, config: ServeConfig, device: Device, variants: list[tuple[Path, Manifest]]
 ) -> None:
     path = Path(ref).expanduser()
-    if path.is_dir():
-        if (path / MANIFEST_NAME).is_file():
-            manifest = Manifest.read(path)
-            _add_variant(catalog, path, manifest, config, device, variants or [(path, manifest)], named=True)
-        else:
-            _add_path(catalog, path, config, origin="model")
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        manifest = Manifest.read(path)
+        _add_variant(catalog, path, manifest, config, device, variants or [(path, manifest)], named=True)
         return
-    if ref == DEFAULT_MODEL_NAME:
-        _add_path(catalog, _default_model(), config, origin="model")
-        return
-    if "/" in ref and not ref.startswith((".", "/", "~")) and ref.count("/") == 1:
-        # An HF hub id: vLLM fetches it (or finds it in the HF cache when offline).
-        catalog.add(_hosted(ref.split("/")[-1].lower(), ref, config, origin="model"))
-        return
-    known = ", ".join(m.name for _, m in variants) or "none"
-    raise UserError(f"--model {ref}: not a folder, not a variant in {config.variants_dir} (known: {known}), "
-                    f"not '{DEFAULT_MODEL_NAME}' and not an HF id like org/name")
+    from quantserve.quantize.model_fetch import resolve_model
+
+    try:
+        folder = resolve_model(ref)  # the default's name, a folder, or an HF id fetched into the HF cache
+    except UserError as err:
+        known = ", ".join(m.name for _, m in variants)
+        hint = f"; variants in {config.variants_dir}: {known}" if known else ""
+        raise UserError(f"--model {ref}: {err}{hint}") from None
+    is_hub_id = not path.exists() and ref.count("/") == 1 and ref != DEFAULT_MODEL_NAME
+    name = ref.split("/")[-1].lower() if is_hub_id else folder.name
+    catalog.add(_hosted(name, str(folder), config, origin="model"))
 
 
 def _add_path(catalog: Catalog, path: Path, config: ServeConfig, origin: str) -> None:
@@ -164,7 +162,7 @@ def _add_spec(
         if not servable(manifest, device):
             runs = ", ".join(runnable_here(variants, device)) or "the source model"
             raise UserError(f"model {spec.name} ({spec.path}) cannot be served on this machine: "
-                            f"{manifest.servable_reason}. What runs here: {runs}")
+                            f"{manifest.servable_reason}. Serve instead: {runs}")
     catalog.add(HostedModel(
         name=spec.name,
         path=spec.path,
@@ -187,8 +185,6 @@ def _hosted(name: str, path: str, config: ServeConfig, origin: str) -> HostedMod
 
 
 def _default_model() -> Path:
-    try:
-        from quantserve.quantize.model_fetch import ensure_default_model
-    except ImportError as err:
-        raise UserError(f"the default model is not available here ({err}); pass --model PATH") from None
+    from quantserve.quantize.model_fetch import ensure_default_model
+
     return ensure_default_model()

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from quantserve.quantize.files import file_hashes
 from quantserve.quantize.manifest import GRID_NOTE, Manifest, list_manifests
-
 from tests.conftest import run_cli
 
 VARIANTS = ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]

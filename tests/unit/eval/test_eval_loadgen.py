@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from eval_fake_openai import API_KEY, CHUNKS, PROMPT_TOKENS, free_port
+
 from quantserve.errors import UserError
 from quantserve.eval.endpoint import Endpoint, check_models
 from quantserve.eval.loadgen import (

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from eval_fixtures import AWQ, GPTQ, NF4, NF4_REASON, SOURCE, SOURCE_BYTES, write_manifests, write_run
+
 from quantserve.errors import UserError
 from quantserve.eval.report import ReportConstraints, build_report, make_report
 from quantserve.quantize.manifest import GRID_NOTE

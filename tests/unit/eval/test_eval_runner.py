@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from eval_fake_openai import API_KEY, CHUNKS, free_port
+
 from quantserve.errors import UserError
 from quantserve.eval.report import build_report
 from quantserve.eval.runner import EvalConfig, guess_source, run_eval_async

@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import pytest
-from quantserve.quantize import publish
-from quantserve.quantize.manifest import list_manifests
 
 from quantserve.errors import UserError
+from quantserve.quantize import publish
+from quantserve.quantize.manifest import list_manifests
 from tests.unit.quantize.test_manifest import make_manifest
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+
+from quantserve.errors import UserError
 from quantserve.quantize.group_size import choose_group_size, quantized_in_features
 from quantserve.quantize.recipes import (
     AWQRecipe,
@@ -11,8 +13,6 @@ from quantserve.quantize.recipes import (
     select_variants,
     to_yaml,
 )
-
-from quantserve.errors import UserError
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
 LLAMA8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32}

@@ -62,11 +62,11 @@ def create_fake_app(state: FakeState) -> FastAPI:
         model = body["model"]
         delay = 0.2 if "SLOW" in text else 0.0
         if not body.get("stream"):
-            try:
-                await asyncio.sleep(delay * len(tokens))
-            except asyncio.CancelledError:
-                state.cancelled += 1
-                raise
+            for _ in tokens if delay else ():
+                await asyncio.sleep(delay)
+                if await request.is_disconnected():  # like vLLM's with_cancellation: stop for a gone client
+                    state.cancelled += 1
+                    return JSONResponse({}, status_code=499)
             state.completed += 1
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
