@@ -38,10 +38,12 @@ def modifiers(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, group_size: int | Non
     if isinstance(recipe, AWQRecipe):
         quantizer = QuantizationModifier(config_groups=_w4_scheme(recipe, group_size, None), ignore=recipe.ignore)
         return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid), quantizer]
-    return [
-        SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength),
-        GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=recipe.ignore, dampening_frac=recipe.dampening_frac),
-    ]
+    if recipe.weight_quantizer == "gptq":
+        weights = GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=recipe.ignore,
+                               dampening_frac=recipe.dampening_frac)
+    else:
+        weights = QuantizationModifier(scheme="W8A8", targets=["Linear"], ignore=recipe.ignore)
+    return [SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength), weights]
 
 
 def build(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, source: Path, out: Path,

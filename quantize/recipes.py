@@ -56,6 +56,7 @@ class AWQRecipe(_Recipe):
 class W8A8Recipe(_Recipe):
     method: Literal["w8a8"]
     smoothing_strength: float = 0.8
+    weight_quantizer: Literal["rtn", "gptq"] = "rtn"
     dampening_frac: float = 0.01
     group_size: None = None
 

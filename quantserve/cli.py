@@ -37,6 +37,8 @@ def run_all(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Source model (default: embedded)."),
     variants: str = typer.Option("all", help="Variants to build (comma list or 'all')."),
     variants_dir: str = typer.Option("variants", help="Where variant folders go."),
+    runs_dir: str = typer.Option("runs", help="Where run folders (and the runs/latest link) go."),
+    max_tokens: int = typer.Option(64, min=1, help="Completion tokens per load-test request."),
     samples: int = typer.Option(64, min=1, help="Calibration samples."),
     seq_len: int = typer.Option(256, min=16, help="Tokens per calibration sample."),
     sweep: str = typer.Option("concurrency=1,4", help="Load points per served model."),
@@ -49,8 +51,9 @@ def run_all(
 
     from quantserve.pipeline import RunOptions, run
 
-    run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), samples=samples,
-                   seq_len=seq_len, sweep=sweep, requests_per_point=requests, gpu=gpu, slo=slo))
+    run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
+                   samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
+                   max_tokens=max_tokens, gpu=gpu, slo=slo))
 
 
 def _register_stages() -> None:

@@ -47,10 +47,10 @@ def _pick_served(variants_dir: Path, max_engines: int) -> tuple[list[str], list[
 
 def run(opts: RunOptions) -> Path:
     from quantserve.eval.report import ReportConstraints, build_report
-    from quantserve.eval.runner import EvalConfig, run_eval, update_latest
+    from quantserve.eval.runner import EvalConfig, default_run_dir, run_eval, update_latest
     from quantserve.quantize.model_fetch import resolve_model
     from quantserve.quantize.runner import QuantizeOptions, quantize
-    from quantserve.serve.config import build_config
+    from quantserve.serve.config import load_config
     from quantserve.serve.stack import ServeStack
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,8 +68,8 @@ def run(opts: RunOptions) -> Path:
     for line in skipped:
         say(f"not served in this run: {line}")
     stage(3, f"serve the source + {', '.join(served) or 'no variant'}")
-    config = build_config(variants_dir=opts.variants_dir, model_path=source, no_auth=True, port=0,
-                          variants=served)
+    refs = [str(source), *(str(opts.variants_dir / name) for name in served)]
+    config = load_config(None, model_refs=refs, auth=False, port=0)
     with ServeStack(config) as stack:
         if not stack.models:
             raise UserError("no model could be served on this machine")
@@ -77,7 +77,7 @@ def run(opts: RunOptions) -> Path:
         run_dir = run_eval(EvalConfig(
             base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
             num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
-            slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=None,
+            slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=default_run_dir(opts.runs_dir),
         ))
     stage(5, "report")
     html = build_report(run_dir, opts.variants_dir, ReportConstraints(slo=opts.slo, gpu=opts.gpu))

@@ -30,6 +30,7 @@ class HostedModel:
     tensor_parallel_size: int = 1
     extra_args: tuple[str, ...] = ()
     origin: str = "model"  # variant | source | model | config
+    required: bool = True  # False for variants found by scanning a folder: one that fails to start is skipped
 
 
 @dataclass
@@ -107,13 +108,13 @@ def _add_variant(
 ) -> None:
     if not servable(manifest, device):
         runs = ", ".join(runnable_here(variants, device)) or "the source model"
-        reason = manifest.servable_reason or "its manifest says servable_here: false"
+        reason = _short(manifest.servable_reason) or "its manifest says servable_here: false"
         message = f"variant {manifest.name} cannot be served on this machine: {reason}. Serve instead: {runs}"
         if named:
             raise UserError(message)
         catalog.warnings.append(f"skipping {message}")
         return
-    catalog.add(_hosted(manifest.name, str(folder.resolve()), config, origin="variant"))
+    catalog.add(_hosted(manifest.name, str(folder.resolve()), config, origin="variant", required=named))
     source = Path(manifest.source.path)
     if source.is_dir():
         catalog.add(_hosted(source.name, str(source.resolve()), config, origin="source"))
@@ -162,7 +163,7 @@ def _add_spec(
         if not servable(manifest, device):
             runs = ", ".join(runnable_here(variants, device)) or "the source model"
             raise UserError(f"model {spec.name} ({spec.path}) cannot be served on this machine: "
-                            f"{manifest.servable_reason}. Serve instead: {runs}")
+                            f"{_short(manifest.servable_reason)}. Serve instead: {runs}")
     catalog.add(HostedModel(
         name=spec.name,
         path=spec.path,
@@ -174,14 +175,23 @@ def _add_spec(
     ))
 
 
-def _hosted(name: str, path: str, config: ServeConfig, origin: str) -> HostedModel:
+def _hosted(name: str, path: str, config: ServeConfig, origin: str, required: bool = True) -> HostedModel:
+    if Path(path).is_dir():
+        path = str(Path(path).resolve())  # one spelling per folder, so a source reached twice is hosted once
     return HostedModel(
         name=name,
         path=path,
         replicas=config.engine.replicas,
         tensor_parallel_size=config.engine.tensor_parallel_size,
         origin=origin,
+        required=required,
     )
+
+
+def _short(reason: str, limit: int = 240) -> str:
+    # vLLM's config errors list every quantization method it knows; the first sentence says what matters
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[: limit - 1].rstrip() + "…"
 
 
 def _default_model() -> Path:

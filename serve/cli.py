@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -45,13 +44,13 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Gateway port (default 8000)."),
 ) -> None:
     """Start a vLLM engine per model and the OpenAI-compatible gateway in front of them."""
-    from quantserve.serve.gateway import LOG_FORMAT
+    from quantserve.serve.gateway import configure_logging
     from quantserve.serve.stack import ServeStack
 
     config = load_config(config_file, variants_dir=variants, model_refs=model or None,
                          auth=False if no_auth else None, host=host, port=port)
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
-    with ServeStack(config) as stack:
+    configure_logging(config.log_level)
+    with ServeStack(config, gateway_mode="thread") as stack:
         auth = "on: send 'Authorization: Bearer sk-qs-...' (quantserve keys create --name NAME)" \
             if config.auth else "OFF (--no-auth)"
         typer.echo(f"gateway: {stack.base_url}/v1   models: {', '.join(stack.models)}")

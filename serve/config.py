@@ -51,6 +51,7 @@ class EngineSettings(BaseModel):
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 60.0
     healthy_reset_s: float = 120.0  # an engine up this long since its last crash restarts fast again
+    smoke_test: bool = True  # generate one token before an engine counts as up (catches first-forward crashes)
 
 
 class ModelSpec(BaseModel):
@@ -85,6 +86,7 @@ class LedgerSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     batch_size: int = 200
+    flush_interval_s: float = 0.25  # rows reach the database this long after their request, at most
 
 
 class ServeConfig(BaseSettings):

@@ -74,6 +74,7 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     # WAL lets `quantserve keys create` and `usage` run while the gateway writes.
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash; fsync per checkpoint
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 

@@ -191,11 +191,10 @@ class Engine:
     def wait_ready(self, timeout: float | None = None) -> None:
         timeout = timeout if timeout is not None else self.spec.settings.startup_timeout_s
         if not self._first_outcome.wait(timeout):
-            raise UserError(f"engine {self.spec.label} not ready after {timeout:.0f} s; "
-                            f"see {self.log_path}\n{self.log_tail()}")
+            raise UserError(f"engine {self.spec.label} not ready after {timeout:.0f} s; see {self.log_path}")
         if self.state is EngineState.FAILED:
-            raise UserError(f"engine {self.spec.label} failed to start (exit code {self.last_exit_code}); "
-                            f"last lines of {self.log_path}:\n{self.log_tail()}")
+            raise UserError(f"engine {self.spec.label} failed to start: {self.failure_summary()} "
+                            f"(full log: {self.log_path})")
 
     def stop(self) -> None:
         self._stop.set()
@@ -203,6 +202,16 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=self.spec.settings.stop_timeout_s + 10)
         self._set_state(EngineState.STOPPED)
+
+    def failure_summary(self) -> str:
+        """One line on why the first start failed, for warnings and errors."""
+        tail = self.log_tail(200).splitlines()
+        notes = [ln.removeprefix("==== quantserve: ") for ln in tail if ln.startswith("==== quantserve: ")]
+        errors = [ln.strip() for ln in tail if "Error" in ln or "error:" in ln.lower()]
+        if notes:
+            return notes[-1][:400]
+        code = f"exit code {self.last_exit_code}" if self.last_exit_code is not None else "did not come up"
+        return f"{code}; {errors[-1][:300]}" if errors else code
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -269,7 +278,7 @@ class Engine:
 
     def _await_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
             while time.monotonic() < deadline and not self._stop.is_set():
                 proc = self._proc
                 if proc is None or proc.poll() is not None:
@@ -277,9 +286,33 @@ class Engine:
                     return False
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.url}/health").status_code == 200:
-                        return True
+                        return self._smoke_test(client, deadline)
                 self._stop.wait(0.5)
         return False
+
+    def _smoke_test(self, client: httpx.Client, deadline: float) -> bool:
+        """One generated token before the engine counts as up.
+
+        /health only says the server started. Some checkpoints load fine and then crash the engine at the first
+        forward pass (INT4 kernels on a CPU without them): that must show at startup, not at a user's request.
+        """
+        if not self.spec.settings.smoke_test:
+            return True
+        body = {"model": self.spec.name, "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
+        try:
+            reply = client.post(f"{self.url}/v1/completions", json=body,
+                                timeout=max(5.0, deadline - time.monotonic()))
+        except httpx.HTTPError as err:
+            self._note(f"smoke test: no answer to a 1-token completion ({type(err).__name__})")
+            return False
+        if reply.status_code != 200:
+            self._note(f"smoke test: a 1-token completion got HTTP {reply.status_code}: {reply.text[:300]}")
+            return False
+        return True
+
+    def _note(self, line: str) -> None:
+        with open(self.log_path, "a") as out:
+            out.write(f"==== quantserve: {line}\n")
 
     def _set_state(self, state: EngineState) -> None:
         if state is self.state:
@@ -318,15 +351,26 @@ class EngineGroup:
     def __init__(self, specs: list[EngineSpec], log_dir: Path | None = None) -> None:
         self.engines = [Engine(spec, log_dir) for spec in specs]
 
-    def start(self, timeout: float | None = None) -> None:
+    def start(self, timeout: float | None = None, optional: frozenset[str] = frozenset()) -> dict[str, str]:
+        """Start all and wait for all. An engine of a model in `optional` that fails to start is dropped and
+        reported in the returned {model: reason}; any other failure stops everything and raises."""
         for engine in self.engines:
             engine.start()
+        dropped: dict[str, str] = {}
         try:
-            for engine in self.engines:
-                engine.wait_ready(timeout)
+            for engine in list(self.engines):
+                try:
+                    engine.wait_ready(timeout)
+                except UserError:
+                    if engine.spec.name not in optional or engine.state is not EngineState.FAILED:
+                        raise
+                    dropped[engine.spec.name] = engine.failure_summary()
+                    engine.stop()
+                    self.engines.remove(engine)
         except BaseException:
             self.stop()
             raise
+        return dropped
 
     def stop(self) -> None:
         # SIGTERM to all first so they shut down in parallel, then wait for each.

@@ -30,6 +30,12 @@ from quantserve.serve.engines import port_is_free
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def configure_logging(level: str) -> None:
+    """For the processes quantserve owns (CLI, gateway process); library callers keep their own setup."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
+
+
 def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]]) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(config, routes),
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text())
     config = ServeConfig(**spec["config"])
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(config.log_level)
     uvicorn.Server(_uvicorn_config(config, spec["routes"])).run()  # handles SIGTERM/SIGINT itself
 
 

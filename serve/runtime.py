@@ -43,7 +43,8 @@ class GatewayRuntime:
         self.authenticator = Authenticator(KeyStore(database_url) if config.auth else None, config.auth,
                                            config.key_cache_ttl_s)
         self.limiter = RateLimiter()
-        self.ledger = Ledger(database_url, batch_size=config.ledger.batch_size)
+        self.ledger = Ledger(database_url, batch_size=config.ledger.batch_size,
+                             flush_interval_s=config.ledger.flush_interval_s)
         self.accounting = Accounting(self.metrics, self.ledger, self.limiter, config.gateway_id,
                                      config.log_prompts)
         self.client: httpx.AsyncClient | None = None

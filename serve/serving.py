@@ -190,6 +190,7 @@ class _StreamRelay:
         self.response: httpx.Response | None = None
         self.error: OpenAIError | None = None
         self.saw_usage = False
+        self.done = False  # [DONE] went out
         self.chunks_with_choices = 0
         self._closed = False
 
@@ -222,8 +223,15 @@ class _StreamRelay:
                         rec.completion_tokens = int(info.usage.get("completion_tokens") or 0)
                     if info.error is not None:
                         rec.status = _status_of(info.error)
+                        if rec.status >= 500:  # the engine's own words may carry internals: say it plainly
+                            rec.error_type = "server_error"
+                            yield OpenAIError(502, "the model engine failed mid-response",
+                                              code="upstream_error").sse_event()
+                            continue
                     if info.has_choices:
                         self.chunks_with_choices += 1
+                    if info.is_done:
+                        self.done = True
                     if info.usage_only and self.strip_usage:
                         continue
                     if info.is_data and rec.ttft_s is None:
@@ -241,7 +249,8 @@ class _StreamRelay:
             log.warning("stream from %s broke: %s: %s", self.upstream.base_url, type(err).__name__, err)
             yield failure.sse_event()
         except (asyncio.CancelledError, GeneratorExit):
-            rec.status = CLIENT_CLOSED
+            if not self.done:  # clients (openai's among them) may hang up right after [DONE]: that is complete
+                rec.status = CLIENT_CLOSED
             raise
 
     async def close(self) -> None:

@@ -5,6 +5,10 @@
         stack.base_url            # http://127.0.0.1:8000, the gateway (append /v1 for an OpenAI client)
         stack.models              # served names
         stack.engine_url(name)    # the vLLM server itself, bypassing the gateway
+
+The gateway runs in a process of its own by default, so a caller that generates load in this process (eval,
+bench) measures the gateway and not its own share of one interpreter lock. `gateway_mode="thread"` keeps it in
+this process (what `quantserve serve` does; tests use it to reach the app's runtime).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
 
+from quantserve.errors import UserError
 from quantserve.paths import state_dir
 from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
@@ -31,7 +36,7 @@ class ServeStack:
         self,
         config: ServeConfig,
         *,
-        gateway_mode: Literal["thread", "process"] = "thread",
+        gateway_mode: Literal["thread", "process"] = "process",
         log_dir: Path | None = None,
     ) -> None:
         self.config = config
@@ -65,7 +70,16 @@ class ServeStack:
         self.engines = EngineGroup(specs, self.log_dir)
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
                  ", ".join(f"{s.label}@{s.port}" for s in specs) or "none (external upstreams only)")
-        self.engines.start()
+        optional = frozenset(m.name for m in self.catalog.models if not m.required)
+        dropped = self.engines.start(optional=optional)
+        for name, why in dropped.items():
+            message = f"skipping variant {name}: its engine failed to start on this machine ({why})"
+            log.warning("%s", message)
+            self.catalog.warnings.append(message)
+        self.catalog.models = [m for m in self.catalog.models if m.name not in dropped]
+        if not self.catalog.models:
+            self.engines.stop()
+            raise UserError(f"nothing to serve: every engine failed to start ({'; '.join(dropped.values())})")
         self.routes = {
             m.name: [e.url for e in self.engines.for_model(m.name)] + list(m.upstreams)
             for m in self.catalog.models

@@ -90,7 +90,8 @@ class ModelPool:
         if upstream.healthy == healthy:
             return
         upstream.healthy = healthy
-        log.warning("%s upstream %s is %s", self.name, upstream.base_url, "up" if healthy else "DOWN")
+        log.log(logging.INFO if healthy else logging.WARNING, "%s upstream %s is %s", self.name,
+                upstream.base_url, "up" if healthy else "DOWN")
         if self.metrics is not None:
             self.metrics.engine_up.labels(self.name, upstream.base_url).set(1 if healthy else 0)
         # up: waiters can take the new room; down: waiters re-check and fail fast if nothing is left

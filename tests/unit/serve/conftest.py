@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
 
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayThread
 from quantserve.serve.keys import KeyStore
-from serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
 
 FAKE_MODEL = "fake-model"
 

@@ -3,7 +3,8 @@ accounting). It is not vLLM and imitates only what the gateway relies on: /healt
 endpoints, vLLM's usage chunk and vLLM's error shape. Real vLLM is covered by tests/integration/serve.
 
 Magic words in the prompt pick a behaviour: TOO_LONG (vLLM's 400 for an over-context prompt), CRASH (the
-connection drops mid-stream), BOOM (a 500 with internals in the body), SLOW (0.2 s per token).
+connection drops mid-stream), ERROR_EVENT (an error event mid-stream), BOOM (a 500 with internals in the
+body), SLOW (0.2 s per token).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def create_fake_app(state: FakeState) -> FastAPI:
                         await asyncio.sleep(delay)
                     if "CRASH" in text and i == 2:
                         raise RuntimeError("engine died")  # uvicorn drops the connection mid-body
+                    if "ERROR_EVENT" in text and i == 2:  # what vLLM sends when generation fails mid-way
+                        err = {"error": {"message": "Traceback: secret internals", "type": "x", "code": 500}}
+                        yield f"data: {json.dumps(err)}\n\n".encode()
+                        break
                     delta = {"content": tok} if chat else None
                     choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": tok}
                     chunk = {"id": "fake-1", "object": "chunk", "model": model, "choices": [choice]}

@@ -3,6 +3,7 @@ and the ledger flushed on shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -113,11 +114,8 @@ def test_client_disconnect_cancels_upstream_unary(make_gateway, fake_upstream):
     gw = make_gateway()
     _, state = fake_upstream
     before = state.cancelled
-    with gw.client(timeout=0.3) as client:
-        try:
-            client.post("/v1/chat/completions", json=chat_body("SLOW"))
-        except httpx.ReadTimeout:
-            pass
+    with gw.client(timeout=0.3) as client, contextlib.suppress(httpx.ReadTimeout):
+        client.post("/v1/chat/completions", json=chat_body("SLOW"))
     assert wait_until(lambda: state.cancelled > before, 3.0)
 
 
@@ -136,6 +134,23 @@ def test_engine_dying_mid_stream_ends_with_error_event(make_gateway):
         assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
     gw.thread.stop()
     assert [r["status"] for r in ledger_rows(gw.db_url)] == [502, 200]
+
+
+def test_engine_error_event_mid_stream_is_reshaped(make_gateway):
+    gw = make_gateway()
+    with gw.client() as client, client.stream("POST", "/v1/chat/completions",
+                                              json=chat_body("ERROR_EVENT", stream=True)) as reply:
+        body = reply.read().decode()
+    assert "secret internals" not in body
+    errors = [e for e in sse_payloads_text(body) if isinstance(e, dict) and "error" in e]
+    assert errors and errors[0]["error"]["code"] == "upstream_error"
+    gw.thread.stop()
+    assert ledger_rows(gw.db_url)[-1]["status"] == 500
+
+
+def sse_payloads_text(body: str) -> list[Any]:
+    return [json.loads(line[6:]) if line[6:] != "[DONE]" else "[DONE]"
+            for line in body.splitlines() if line.startswith("data: ")]
 
 
 def test_models_ready_and_metrics(make_gateway):

@@ -1,0 +1,143 @@
+"""deploy/: the Kubernetes manifests parse, agree with each other and with the gateway config schema, and name
+the models quantize produces; the Dockerfiles build what the manifests run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from quantserve.paths import REPO_ROOT
+from quantserve.serve.config import load_config
+
+DEPLOY = REPO_ROOT / "deploy"
+SOURCE = "smollm2-135m-instruct"
+# bitsandbytes left vLLM core (a plugin serves it), so only these variants get engines
+VLLM_VARIANTS = ("w8a8-int8", "gptq-w4a16", "awq-w4a16")
+
+
+def load_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc and {"apiVersion", "kind", "metadata"} <= set(doc), path
+            docs.append(doc)
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def arg(args: list[str], flag: str) -> str:
+    return str(args[args.index(flag) + 1])
+
+
+def port_number(cont: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in cont["ports"] if p["name"] == port)
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return load_docs()
+
+
+@pytest.fixture(scope="module")
+def gateway_config(docs, tmp_path_factory):
+    configmap = by_kind(docs, "ConfigMap")["quantserve-gateway"]
+    path = tmp_path_factory.mktemp("cfg") / "serve.yaml"
+    path.write_text(configmap["data"]["serve.yaml"])
+    return load_config(path)  # the schema itself validates it
+
+
+def test_selectors_match_pod_labels(docs):
+    deployments = by_kind(docs, "Deployment")
+    for dep in deployments.values():
+        selector = dep["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    for svc in by_kind(docs, "Service").values():
+        selector = svc["spec"]["selector"]
+        assert any(selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+                   for d in deployments.values()), f"Service {svc['metadata']['name']} selects no pods"
+
+
+def test_config_upstreams_reach_engines_serving_that_name(docs, gateway_config):
+    services = by_kind(docs, "Service")
+    deployments = by_kind(docs, "Deployment")
+    served = set()
+    for model in gateway_config.models:
+        assert model.path is None and model.upstreams  # the gateway pod starts no engines
+        for url in model.upstreams:
+            parts = urlsplit(url)
+            svc = services[parts.hostname]
+            svc_port = next(p for p in svc["spec"]["ports"] if p["port"] == parts.port)
+            (dep,) = [d for d in deployments.values()
+                      if svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+            cont = container(dep)
+            args = cont["args"]
+            assert arg(args, "--served-model-name") == model.name
+            assert int(arg(args, "--port")) == port_number(cont, svc_port["targetPort"])
+            assert arg(args, "--host") == "0.0.0.0"
+            served.add(model.name)
+    engines = [d for d in deployments.values()
+               if d["metadata"]["labels"].get("app.kubernetes.io/component") == "engine"]
+    assert {arg(container(d)["args"], "--served-model-name") for d in engines} == served
+
+
+def test_model_names_are_what_quantize_publishes(gateway_config):
+    recipes = yaml.safe_load((REPO_ROOT / "quantize" / "variants.yaml").read_text())
+    assert set(VLLM_VARIANTS) <= set(recipes)
+    expected = {SOURCE} | {f"{SOURCE}-{v}" for v in VLLM_VARIANTS}
+    assert {m.name for m in gateway_config.models} == expected
+
+
+def test_gateway_deployment_matches_its_config(docs, gateway_config):
+    dep = by_kind(docs, "Deployment")["quantserve-gateway"]
+    cont = container(dep)
+    assert gateway_config.host == "0.0.0.0" and gateway_config.auth
+    http = port_number(cont, "http")
+    assert http == gateway_config.port
+    assert cont["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert cont["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert cont["args"] == ["serve", "--config", "/etc/quantserve/serve.yaml"]
+    mount = next(m for m in cont["volumeMounts"] if m["mountPath"] == "/etc/quantserve")
+    volume = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == "quantserve-gateway"
+    env = {e["name"]: e for e in cont["env"]}
+    assert env["QUANTSERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "quantserve-db"
+    assert dep["spec"]["replicas"] >= 2  # several replicas: the ledger must be shared
+    svc = by_kind(docs, "Service")["quantserve-gateway"]
+    assert port_number(cont, svc["spec"]["ports"][0]["targetPort"]) == gateway_config.port
+
+
+def test_dockerfiles_agree_with_the_manifests(docs, gateway_config):
+    gateway = (DEPLOY / "Dockerfile").read_text()
+    assert f"EXPOSE {gateway_config.port}" in gateway
+    assert 'ENTRYPOINT ["quantserve"]' in gateway and "/etc/quantserve/serve.yaml" in gateway
+    assert "psycopg2-binary" in gateway
+    engine = (DEPLOY / "Dockerfile.vllm").read_text()
+    assert re.search(r"^FROM vllm/vllm-openai:v\d", engine, re.MULTILINE)
+    assert "COPY ${MODEL_DIR} /models/model" in engine
+    for dep in by_kind(docs, "Deployment").values():
+        cont = container(dep)
+        if dep["metadata"]["labels"]["app.kubernetes.io/component"] == "engine":
+            assert arg(cont["args"], "--model") == "/models/model"
+            assert cont["image"] == f"quantserve-vllm:{arg(cont['args'], '--served-model-name')}"
+
+
+def test_readme_covers_scale_out(docs):
+    text = (DEPLOY / "README.md").read_text()
+    for topic in ("PostgreSQL", "--tensor-parallel-size", "replicas", "round-robin", "upstreams"):
+        assert topic in text
+    assert Path(DEPLOY / "k8s").is_dir()
