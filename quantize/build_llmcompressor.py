@@ -36,7 +36,12 @@ def modifiers(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, group_size: int | Non
         return [GPTQModifier(config_groups=_w4_scheme(recipe, group_size, actorder), ignore=recipe.ignore,
                              dampening_frac=recipe.dampening_frac, actorder=actorder)]
     if isinstance(recipe, AWQRecipe):
-        quantizer = QuantizationModifier(config_groups=_w4_scheme(recipe, group_size, None), ignore=recipe.ignore)
+        if recipe.quantizer == "gptq":
+            quantizer = GPTQModifier(config_groups=_w4_scheme(recipe, group_size, "weight"), ignore=recipe.ignore,
+                                     dampening_frac=recipe.dampening_frac, actorder="weight")
+        else:
+            quantizer = QuantizationModifier(config_groups=_w4_scheme(recipe, group_size, None),
+                                             ignore=recipe.ignore)
         return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid), quantizer]
     if recipe.weight_quantizer == "gptq":
         weights = GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=recipe.ignore,

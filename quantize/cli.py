@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         min_top1: float = typer.Option(None, help="Fail, and do not publish, a variant whose top-1 agreement is "
                                                   "below this."),
         threads: int = typer.Option(0, help="Torch threads per build (0: all cores)."),
+        recipes: Path = typer.Option(None, help="YAML of extra recipes (same form as quantize/variants.yaml)."),
         calibration_file: Path = typer.Option(None, help="Chat JSONL for calibration (default: prompts/calibration/)."),
         heldout_file: Path = typer.Option(None, help="Chat JSONL for the quality check (default: prompts/heldout/)."),
     ) -> None:
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
         from quantserve.quantize.variants_table import print_table
 
         opts = QuantizeOptions(model=model, variants=variants, out=out, samples=samples, seq_len=seq_len,
-                               group_size=group_size, force=force, max_kld=max_kld, min_top1=min_top1)
+                               group_size=group_size, force=force, max_kld=max_kld, min_top1=min_top1,
+                               recipes_file=recipes)
         if threads:
             opts.threads = threads
         if calibration_file:

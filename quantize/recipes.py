@@ -51,6 +51,8 @@ class AWQRecipe(_Recipe):
     symmetric: bool = False
     duo_scaling: bool = True
     n_grid: int = 20
+    quantizer: Literal["rtn", "gptq"] = "rtn"  # what rounds the weights after AWQ's scaling
+    dampening_frac: float = 0.01
 
 
 class W8A8Recipe(_Recipe):
@@ -105,9 +107,13 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecip
 AnyRecipe = GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe
 
 
-def select_variants(spec: str, path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
-    """`spec` is a comma list of names from variants.yaml, or `all`."""
+def select_variants(spec: str, path: Path = VARIANTS_FILE, extra: Path | None = None) -> dict[str, AnyRecipe]:
+    """`spec` is a comma list of names from variants.yaml (plus a user's recipe file), or `all`."""
     known = load_variants(path)
+    if extra is not None:
+        if not extra.is_file():
+            raise UserError(f"recipe file {extra} does not exist")
+        known.update(load_variants(extra))
     names = list(known) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UserError("no variants given: pass --variants with names from " + ", ".join(known))

@@ -40,6 +40,7 @@ class QuantizeOptions:
     max_kld: float | None = None
     min_top1: float | None = None
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    recipes_file: Path | None = None
     calibration_file: Path = field(default_factory=lambda: prompt_path(CALIBRATION_FILE))
     heldout_file: Path = field(default_factory=lambda: prompt_path(HELDOUT_FILE))
 
@@ -84,7 +85,7 @@ def _recipe_hash(recipe: dict, source_sha: str, opts: QuantizeOptions, group_siz
     key = {
         "recipe": recipe, "source": source_sha, "group_size": group_size, "samples": opts.samples,
         "seq_len": opts.seq_len, "calibration": sha256_file(opts.calibration_file),
-        "heldout": sha256_file(opts.heldout_file),
+        "heldout": sha256_file(opts.heldout_file), "quantserve": __version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -125,7 +126,7 @@ def _raise_on_sigterm(signum, frame):
 
 
 def quantize(opts: QuantizeOptions) -> list[Manifest]:
-    recipes = select_variants(opts.variants)
+    recipes = select_variants(opts.variants, extra=opts.recipes_file)
     for f in (opts.calibration_file, opts.heldout_file):
         if not Path(f).is_file():
             raise UserError(f"text file {f} does not exist")

@@ -13,6 +13,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quantserve.quantize.checkpoint import weight_bits
+
 
 @dataclass
 class VllmVerdict:
@@ -21,15 +23,6 @@ class VllmVerdict:
     vllm_loadable_reason: str
     servable_here: bool
     servable_reason: str
-
-
-def _weight_bits(model_dir: Path) -> tuple[int | None, bool]:
-    """(weight bits, activations quantized) of a compressed-tensors checkpoint."""
-    cfg = json.loads((model_dir / "config.json").read_text()).get("quantization_config") or {}
-    for group in (cfg.get("config_groups") or {}).values():
-        weights = group.get("weights") or {}
-        return weights.get("num_bits"), bool(group.get("input_activations"))
-    return None, False
 
 
 def _platform_verdict(model_dir: Path, quant: str | None) -> tuple[bool, str]:
@@ -52,13 +45,13 @@ def _platform_verdict(model_dir: Path, quant: str | None) -> tuple[bool, str]:
     if quant is None:
         return True, "full-precision weights run on vLLM's CPU backend"
     if quant == "compressed-tensors":
-        bits, act_quant = _weight_bits(model_dir)
+        bits, act_quant = weight_bits(model_dir)
         if bits == 8 and act_quant:
             return True, "W8A8 INT8 runs on vLLM's CPU backend (oneDNN int8 GEMM)"
         if bits == 4:
             current_platform.import_kernels()
             if hasattr(torch.ops._C, "cpu_gemm_wna16"):
-                return True, "the 4-bit CPU kernel (cpu_gemm_wna16) is in this vLLM build"
+                return True, "the 4-bit CPU kernel (cpu_gemm_wna16) is in this vLLM build; served in bfloat16"
             isa = "AVX-512" if torch.cpu._is_avx512_supported() else "AVX2"
             return False, (
                 f"this CPU's vLLM kernel library ({isa}) has no 4-bit GEMM (cpu_gemm_wna16); INT4 needs an "

@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
     app.command("usage")(usage)
 
 
-_CONFIG_OPT = typer.Option(None, "--config", help="serve.yaml (see serve/serve.example.yaml).")
-_DB_OPT = typer.Option(None, "--db", help="Database URL (default: SQLite under the state dir; "
+_CONFIG_OPT = typer.Option(None, "--config", metavar="YAML", help="serve.yaml (see serve/serve.example.yaml).")
+_DB_OPT = typer.Option(None, "--db", metavar="URL", help="Database URL (default: SQLite under the state dir; "
                        "postgresql://... to share one across gateways).")
 
 
@@ -33,11 +33,13 @@ def _db_config(config_file: Path | None, db: str | None) -> ServeConfig:
 
 
 def serve(
-    variants: Path | None = typer.Option(None, "--variants", help="Folder of quantized variants; hosts every "
-                                         "variant servable here plus their source, skipping the others with "
-                                         "a warning."),
-    model: list[str] | None = typer.Option(None, "--model", help="A model folder, a variant name from "
-                                           "--variants (then only the named ones), or an HF id. Repeatable."),
+    variants: Path | None = typer.Option(
+        None, "--variants", metavar="DIR",
+        help="Folder of quantized variants; hosts every variant servable here plus their source, skipping the "
+        "others with a warning."),
+    model: list[str] | None = typer.Option(
+        None, "--model", metavar="PATH_OR_NAME",
+        help="A model folder, a variant name from --variants (then only the named ones), or an HF id. Repeatable."),
     config_file: Path | None = _CONFIG_OPT,
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without an API key (local dev)."),
     host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),

@@ -25,6 +25,7 @@ import httpx
 
 from quantserve.errors import UserError
 from quantserve.paths import state_dir
+from quantserve.quantize.checkpoint import cpu_serving_dtype
 from quantserve.serve.catalog import HostedModel
 from quantserve.serve.config import EngineSettings
 from quantserve.serve.device import Device
@@ -38,9 +39,9 @@ except (OSError, AttributeError):
     _prctl = None
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. If the gateway process is SIGKILLed its cleanup never runs;
-    # the kernel then sends the engine SIGTERM, and vLLM's own workers follow their parent.
+def die_with_parent() -> None:
+    # Runs in the child between fork and exec. If the owning process is SIGKILLed its cleanup never runs; the
+    # kernel then sends the child SIGTERM (an engine's own workers follow their parent).
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -91,7 +92,7 @@ class EngineSpec:
             "--host", self.host,
             "--port", str(self.port),
             "--max-model-len", str(s.max_model_len),
-            "--dtype", s.dtype or ("float32" if self.device == "cpu" else "auto"),
+            "--dtype", s.dtype or (cpu_serving_dtype(Path(self.model)) if self.device == "cpu" else "auto"),
         ]
         if s.enforce_eager if s.enforce_eager is not None else self.device == "cpu":
             cmd.append("--enforce-eager")
@@ -249,11 +250,11 @@ class Engine:
                     break
                 self.last_exit_code = code
                 self._set_state(EngineState.DOWN)
-                log.warning("engine %s exited with code %s; restarting in %.1f s",
-                            self.spec.label, code, backoff)
                 self._kill_group(signal.SIGKILL)  # workers outliving their leader would hold the port and RAM
                 if time.monotonic() - up_since > s.healthy_reset_s:
                     backoff = s.restart_backoff_s
+                log.warning("engine %s exited with code %s; restarting in %.1f s",
+                            self.spec.label, code, backoff)
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, s.restart_backoff_max_s)
@@ -271,7 +272,7 @@ class Engine:
                     return
                 self._proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=self.spec.environment(), start_new_session=True, preexec_fn=_die_with_parent,
+                    env=self.spec.environment(), start_new_session=True, preexec_fn=die_with_parent,
                 )
         log.info("engine %s starting on %s (pid %s, log %s)", self.spec.label, self.url, self._proc.pid,
                  self.log_path)

@@ -25,7 +25,7 @@ import uvicorn
 from quantserve.errors import UserError
 from quantserve.serve.app import create_app
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.engines import port_is_free
+from quantserve.serve.engines import die_with_parent, port_is_free
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -48,7 +48,7 @@ def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]]) -> uvicor
     )
 
 
-def _check_port(config: ServeConfig) -> None:
+def check_port(config: ServeConfig) -> None:
     if not port_is_free(config.host, config.port):
         raise UserError(f"gateway port {config.host}:{config.port} is taken; pass --port or change port")
 
@@ -64,7 +64,7 @@ class GatewayThread:
         return self.server.config.app
 
     def start(self, timeout: float = 60.0) -> None:
-        _check_port(self.config)
+        check_port(self.config)
         self.thread.start()  # uvicorn installs no signal handlers off the main thread: the owner stops it
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -92,7 +92,7 @@ class GatewayProcess:
         self._spec: Path | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        _check_port(self.config)
+        check_port(self.config)
         fd, name = tempfile.mkstemp(prefix="quantserve-gateway-", suffix=".json")
         with os.fdopen(fd, "w") as out:
             json.dump({"config": self.config.model_dump(mode="json"), "routes": self.routes}, out)
@@ -102,6 +102,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "quantserve.serve.gateway", name],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,  # an owner killed with SIGKILL leaves no gateway behind
             )
         url = f"http://{client_host(self.config.host)}:{self.config.port}/health"
         deadline = time.monotonic() + timeout
@@ -136,7 +137,9 @@ def client_host(host: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(args[0]).read_text())
+    spec_path = Path(args[0])
+    spec = json.loads(spec_path.read_text())
+    spec_path.unlink(missing_ok=True)  # read once; nothing left in /tmp however this process ends
     config = ServeConfig(**spec["config"])
     configure_logging(config.log_level)
     uvicorn.Server(_uvicorn_config(config, spec["routes"])).run()  # handles SIGTERM/SIGINT itself

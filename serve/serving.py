@@ -39,6 +39,14 @@ class ClientGone(Exception):
     pass
 
 
+class _Refused(Exception):
+    """The upstream refused the connection: the request never reached it."""
+
+    def __init__(self, error: OpenAIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -103,13 +111,41 @@ class ProxyService:
                 payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
                 body = json.dumps(payload).encode()
                 strip_usage = True
-        upstream = await pool.acquire()
-        if rec.stream:
-            return await self._stream(request, rec, pool, upstream, body, strip_usage)
-        try:
-            return await self._unary(request, rec, pool, upstream, body)
-        finally:
-            pool.release(upstream)
+        return await self._forward(request, rec, pool, body, strip_usage)
+
+    async def _forward(
+        self, request: Request, rec: RequestRecord, pool: ModelPool, body: bytes, strip_usage: bool
+    ) -> Response:
+        # A refused connection means nothing reached that upstream, so another healthy one may take the
+        # request; the refusing one is marked down on the way.
+        tries = max(1, len(pool.upstreams))
+        for attempt in range(tries):
+            upstream = await pool.acquire()
+            may_retry = attempt + 1 < tries
+            if rec.stream:
+                relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, strip_usage)
+                try:
+                    await relay.open(body)
+                except BaseException as err:
+                    rec.status = CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500
+                    await relay.close()
+                    raise
+                if relay.error is None:
+                    return _RelayResponse(relay.events(), on_close=relay.close, media_type="text/event-stream",
+                                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                await relay.close()  # frees the slot; the error is accounted where it is handled
+                if relay.refused and may_retry and pool.ready():
+                    continue
+                raise relay.error
+            try:
+                return await self._unary(request, rec, pool, upstream, body)
+            except _Refused as refused:
+                if may_retry and pool.ready():
+                    continue
+                raise refused.error from None
+            finally:
+                pool.release(upstream)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _unary(
         self, request: Request, rec: RequestRecord, pool: ModelPool, upstream: Upstream, body: bytes
@@ -120,14 +156,17 @@ class ProxyService:
             rec.status = CLIENT_CLOSED
             self.accounting.finish(rec)
             return Response(status_code=CLIENT_CLOSED)
+        except httpx.ConnectError as err:
+            raise _Refused(transport_failure(pool, upstream, err)) from None
         except httpx.TransportError as err:
             raise transport_failure(pool, upstream, err) from None
         if reply.status_code >= 400:
             raise from_upstream(reply.status_code, reply.content)
         try:
-            usage = reply.json().get("usage") or {}
+            data = reply.json()
         except ValueError:
-            usage = {}
+            data = None
+        usage = (data.get("usage") if isinstance(data, dict) else None) or {}
         rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         rec.completion_tokens = int(usage.get("completion_tokens") or 0)
         rec.status = reply.status_code
@@ -136,27 +175,6 @@ class ProxyService:
 
     async def _post(self, upstream: Upstream, path: str, body: bytes) -> httpx.Response:
         return await self.client.post(f"{upstream.base_url}{path}", content=body, headers=_UPSTREAM_HEADERS)
-
-    async def _stream(
-        self,
-        request: Request,
-        rec: RequestRecord,
-        pool: ModelPool,
-        upstream: Upstream,
-        body: bytes,
-        strip_usage: bool,
-    ) -> Response:
-        relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, strip_usage)
-        try:
-            await relay.open(body)
-        except BaseException:
-            await relay.close()
-            raise
-        if relay.error is not None:
-            await relay.close()
-            raise relay.error
-        return _RelayResponse(relay.events(), on_close=relay.close, media_type="text/event-stream",
-                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 def transport_failure(pool: ModelPool, upstream: Upstream, err: httpx.TransportError) -> OpenAIError:
@@ -189,6 +207,7 @@ class _StreamRelay:
         self.strip_usage = strip_usage
         self.response: httpx.Response | None = None
         self.error: OpenAIError | None = None
+        self.refused = False  # the connection was refused: safe to try another upstream
         self.saw_usage = False
         self.done = False  # [DONE] went out
         self.chunks_with_choices = 0
@@ -202,6 +221,7 @@ class _StreamRelay:
             self.response = await self.client.send(request, stream=True)
         except httpx.TransportError as err:
             self.error = transport_failure(self.pool, self.upstream, err)
+            self.refused = isinstance(err, httpx.ConnectError)
             return
         if self.response.status_code >= 400:
             # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a

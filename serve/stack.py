@@ -26,7 +26,7 @@ from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.device import resolve_device
 from quantserve.serve.engines import Engine, EngineGroup, allocate_ports, build_engine_specs
-from quantserve.serve.gateway import GatewayProcess, GatewayThread, client_host
+from quantserve.serve.gateway import GatewayProcess, GatewayThread, check_port, client_host
 
 log = logging.getLogger("quantserve.serve.stack")
 
@@ -61,6 +61,7 @@ class ServeStack:
         if self.config.port == 0:  # "any free port", for tests and parallel runs
             self.config = self.config.model_copy(
                 update={"port": allocate_ports(self.config.host, 18000, 1)[0]})
+        check_port(self.config)  # before a minute of engine start-up, not after
         self.catalog = resolve_catalog(self.config)
         for warning in self.catalog.warnings:
             log.warning("%s", warning)

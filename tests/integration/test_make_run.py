@@ -40,7 +40,7 @@ def test_report_json_has_the_promised_shape(small_run):
     assert {"hardware", "slo", "recommendation", "variants"} <= set(report)
     rows = {v["name"]: v for v in report["variants"]}
     for row in rows.values():
-        assert REPORT_VARIANT_KEYS <= set(row)
+        assert set(row) >= REPORT_VARIANT_KEYS
     served = rows["smollm2-135m-instruct-w8a8-int8"]
     assert served["servable_here"] and served["latency"]["ttft_ms"]["p50"] > 0
     assert served["throughput"]["output_tok_s"] > 0 and served["cost"]["usd_per_1m_output_tokens"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
+from serve_helpers import FAKE_MODEL, free_port
 
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayThread
 from quantserve.serve.keys import KeyStore
-
-FAKE_MODEL = "fake-model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +76,3 @@ def make_gateway(
     yield _make
     for thread in started:
         thread.stop()
-
-
-def chat_body(text: str = "hi", **extra: Any) -> dict[str, Any]:
-    return {"model": FAKE_MODEL, "messages": [{"role": "user", "content": text}], **extra}

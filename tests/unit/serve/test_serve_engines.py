@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
+from serve_helpers import free_port
 
 from quantserve.errors import UserError
 from quantserve.serve.config import EngineSettings

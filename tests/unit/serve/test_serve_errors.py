@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import httpx
-from conftest import FAKE_MODEL, chat_body, free_port
+from serve_helpers import FAKE_MODEL, chat_body, free_port
 
 from quantserve.serve.keys import KeyStore
 

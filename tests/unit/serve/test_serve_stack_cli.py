@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
+import psutil
 import pytest
 import yaml
-from conftest import FAKE_MODEL, chat_body, free_port
+from serve_helpers import FAKE_MODEL, chat_body, free_port
 from sqlalchemy import create_engine, text
 
 from quantserve.serve.config import load_config
@@ -90,3 +94,37 @@ def test_cli_serve_refuses_what_cannot_run_before_starting_anything(cli, tmp_pat
     result = cli("serve", "--variants", str(tmp_path / "missing"), env=env)
     assert result.returncode == 2 and "variants folder not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+OWNER = """
+import sys, time
+from quantserve.serve.config import load_config
+from quantserve.serve.stack import ServeStack
+config = load_config(port=0, auth=False, database_url=sys.argv[2], models=[{"name": "m", "upstreams": [sys.argv[1]]}])
+stack = ServeStack(config, gateway_mode="process", log_dir=__import__("pathlib").Path(sys.argv[3]))
+stack.start()
+print(stack.gateway.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_gateway_process_dies_with_a_killed_owner(tmp_path, fake_upstream):
+    server, _ = fake_upstream
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, server.url, f"sqlite:///{tmp_path / 'o.db'}",
+                              str(tmp_path / "logs")], stdout=subprocess.PIPE, text=True)
+    try:
+        gateway_pid = int(owner.stdout.readline())  # type: ignore[union-attr]
+        assert psutil.pid_exists(gateway_pid)
+        owner.kill()  # SIGKILL: no cleanup code runs in the owner
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if not psutil.pid_exists(gateway_pid) or psutil.Process(gateway_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(gateway_pid, signal.SIGKILL)
+            pytest.fail("the gateway process outlived its killed owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()

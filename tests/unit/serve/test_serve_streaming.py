@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import httpx
-from conftest import FAKE_MODEL, chat_body
+from serve_helpers import FAKE_MODEL, chat_body, free_port
 from sqlalchemy import create_engine, text
 
 from quantserve.serve.keys import KeyStore
@@ -215,3 +215,17 @@ def test_prompts_stay_out_of_logs_unless_asked(make_gateway, caplog):
     with gw.client() as client:
         client.post("/v1/chat/completions", json=chat_body("a very private prompt"))
     assert any("very private" in r.getMessage() for r in caplog.records)
+
+
+def test_refused_connection_moves_on_to_another_upstream(make_gateway, fake_upstream):
+    server, _ = fake_upstream
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = make_gateway(routes={FAKE_MODEL: [dead, server.url]}, health_interval_s=3600)  # no poll to help
+    pool = gw.runtime.pools[FAKE_MODEL]
+    pool.upstreams[0].healthy = True  # as if it had just died after its last good health check
+    with gw.client() as client:
+        for stream in (False, True, False, True):
+            with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=stream)) as reply:
+                assert reply.status_code == 200
+                reply.read()
+    assert not pool.upstreams[0].healthy and pool.in_flight() == 0
