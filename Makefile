@@ -52,17 +52,29 @@ test-unit: $(VENV)/.installed
 run: install
 	$(VENV)/bin/quantserve run
 
+# Engines + gateway in the background (log under .state/); `make stop` ends them. Hosts the source model and
+# every variant in variants/ that can run on this machine.
 serve: install
-	$(VENV)/bin/quantserve serve --variants variants/ --pidfile .serve.pid
+	@if [ -f .serve.pid ] && kill -0 $$(cat .serve.pid) 2>/dev/null; then echo "already running (pid $$(cat .serve.pid))"; exit 0; fi
+	@mkdir -p .state
+	@args="--model $$($(VENV)/bin/quantserve model fetch)"; [ -d variants ] && args="$$args --variants variants"; \
+	  setsid nohup $(VENV)/bin/quantserve serve $$args > .state/serve.log 2>&1 & echo $$! > .serve.pid
+	@echo "starting engines (log: .state/serve.log); waiting for http://127.0.0.1:8000/ready"
+	@for i in $$(seq 1 600); do \
+	  if curl -sf 127.0.0.1:8000/ready >/dev/null; then echo "ready: http://127.0.0.1:8000/v1 (create a key: quantserve keys create --name NAME)"; exit 0; fi; \
+	  if ! kill -0 $$(cat .serve.pid) 2>/dev/null; then echo "serve exited:"; tail -5 .state/serve.log; rm -f .serve.pid; exit 1; fi; \
+	  sleep 1; done; echo "not ready after 600 s; see .state/serve.log"; exit 1
 
 stop:
-	@if [ -f .serve.pid ]; then kill -TERM $$(cat .serve.pid) 2>/dev/null; rm -f .serve.pid; echo stopped; else echo "nothing to stop"; fi
+	@if [ -f .serve.pid ] && kill -0 $$(cat .serve.pid) 2>/dev/null; then \
+	  kill -TERM $$(cat .serve.pid); for i in $$(seq 1 60); do kill -0 $$(cat .serve.pid) 2>/dev/null || break; sleep 1; done; \
+	  echo stopped; else echo "nothing to stop"; fi; rm -f .serve.pid
 
 bench: install
 	mkdir -p bench
 	$(VENV)/bin/quantserve quantize --out variants/ > /dev/null
 	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
-	$(PY) -m quantserve.serve.bench --out bench/serve.json
+	$(PY) -m quantserve.serve.bench bench/serve.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -70,6 +70,7 @@ def check(model_dir: Path) -> VllmVerdict:
     except Exception as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "quantization" in ln.lower()), lines[0] if lines else "")
+        detail = detail.split(". Must be one of")[0]  # the list of every method vLLM knows helps nobody here
         reason = f"vLLM config resolution failed: {detail[:300]}"
         if method == "bitsandbytes":
             reason += " (bitsandbytes left vLLM core; the vllm-bnb-plugin package adds it back)"

@@ -45,6 +45,7 @@ def run_all(
     requests: int = typer.Option(8, min=1, help="Measured requests per load point."),
     gpu: str = typer.Option("cpu-2core", help="Price row the cost is computed for (eval/prices.yaml)."),
     slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
+    engines: int = typer.Option(4, min=1, help="Most vLLM engines to run at once (the source counts as one)."),
 ) -> None:
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
@@ -53,7 +54,7 @@ def run_all(
 
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
-                   max_tokens=max_tokens, gpu=gpu, slo=slo))
+                   max_tokens=max_tokens, gpu=gpu, slo=slo, max_engines=engines))
 
 
 def _register_stages() -> None:
