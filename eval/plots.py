@@ -44,6 +44,11 @@ def _empty(title: str, message: str) -> str:
 
 def _short(name: str, rows: list[VariantRow]) -> str:
     """Drop the model-name prefix all rows share so tick labels stay readable."""
+    source = next((r.name for r in rows if r.is_source), None)
+    if source and name == source:
+        return "source"
+    if source and name.startswith(source + "-"):
+        return name[len(source) + 1:]
     names = [r.name for r in rows]
     if len(names) < 2:
         return name

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from quantserve.quantize.manifest import CalibrationInfo, Quality
-from quantserve.quantize.progress import say, step
+from quantserve.quantize.progress import step
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate")
 RESULT_NAME = ".build.json"
@@ -114,44 +114,40 @@ def run(spec: BuildSpec) -> BuildResult:
     )
 
 
-def _quiet_libraries(num_layers: int) -> None:
-    """llm-compressor logs every module and draws a bar per layer pass; a user wants one line per layer.
+def _quiet_libraries() -> None:
+    """llm-compressor logs every module and draws a bar per layer pass; a user wants one line per layer
+    (build_llmcompressor prints those) and each distinct warning once.
 
     QUANTSERVE_VERBOSE=1 keeps the libraries' own output."""
     import logging
     import os
-    import re
 
     if os.environ.get("QUANTSERVE_VERBOSE") == "1":
         return
     os.environ["TQDM_DISABLE"] = "1"
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
+        import llmcompressor  # noqa: F401  (it installs its own sinks at import; replace them after)
         from loguru import logger
     except ImportError:
         return
-    seen: set[tuple[int, str]] = set()
+    warned: set[str] = set()
 
     def sink(message) -> None:
         record = message.record
-        if record["level"].no >= logging.WARNING:
+        if record["level"].name in ("WARNING", "ERROR", "CRITICAL"):  # not llm-compressor's METRIC level
+            if record["message"] in warned:
+                return
+            warned.add(record["message"])
             sys.stderr.write(f"[quantserve]   {record['level'].name.lower()}: {record['message']}\n")
-            return
-        found = re.search(r"layers\.(\d+)\.", record["message"])
-        # AWQ then GPTQ visits each layer twice; one line per layer and phase
-        key = (int(found.group(1)), record["message"].split()[0]) if found else None
-        if key and key not in seen:
-            seen.add(key)
-            say(f"  layer {int(found.group(1)) + 1}/{num_layers}: {record['message'].split()[0].lower()}")
 
     logger.remove()
-    logger.add(sink, level="INFO")
+    logger.add(sink, level="WARNING")
 
 
 def main() -> None:
     spec = BuildSpec.model_validate_json(Path(sys.argv[1]).read_text())
-    config = json.loads((Path(spec.source) / "config.json").read_text())
-    _quiet_libraries(int(config.get("num_hidden_layers", 0)))
+    _quiet_libraries()
     result = run(spec)
     (Path(spec.out) / RESULT_NAME).write_text(json.dumps(result.model_dump(mode="json"), indent=2))
 
