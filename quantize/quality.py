@@ -22,6 +22,26 @@ class QualityStats:
         return self.ppl / self.ppl_source
 
 
+def emulate_dynamic_int8_activations(model) -> int:
+    """Round every quantized Linear's input to INT8 per token, as vLLM's W8A8 kernels do at run time.
+
+    transformers runs a W8A8 checkpoint with full-precision activations, so without this the quality check
+    would see only the weight error. Returns how many layers were wrapped."""
+    import torch
+
+    def quantize_input(module, args):
+        x = args[0]
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+        return ((x / scale).round().clamp(-128, 127) * scale, *args[1:])
+
+    wrapped = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            module.register_forward_pre_hook(quantize_input)
+            wrapped += 1
+    return wrapped
+
+
 def compare(source_model, variant_model, sequences: list[list[int]]) -> QualityStats:
     """Both models see the same sequences; per-token stats are pooled over all predicted positions."""
     import torch

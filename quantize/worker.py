@@ -58,7 +58,8 @@ def _measure_quality(spec: BuildSpec) -> Quality:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
-    from quantserve.quantize.quality import compare
+    from quantserve.quantize.checkpoint import weight_bits
+    from quantserve.quantize.quality import compare, emulate_dynamic_int8_activations
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
@@ -71,6 +72,8 @@ def _measure_quality(spec: BuildSpec) -> Quality:
 
         extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     variant = AutoModelForCausalLM.from_pretrained(spec.out, dtype=torch.float32, device_map="cpu", **extra).eval()
+    if weight_bits(Path(spec.out))[1]:
+        emulate_dynamic_int8_activations(variant)
     stats = compare(source, variant, seqs)
     return Quality(
         heldout_file=Path(spec.heldout_file).name, heldout_sha256=ids_sha256(seqs), tokens=stats.tokens,
