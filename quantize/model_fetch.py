@@ -102,18 +102,16 @@ def _find_default_gguf() -> Path:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.bfloat16, **kwargs)
     # transformers keeps a GGUF "quantizer" attached even though the tensors are dequantized in memory;
     # without dropping it save_pretrained refuses ("not serializable").
     model.hf_quantizer = None
-    for cfg in (model.config, config):
-        if hasattr(cfg, "quantization_config"):
-            del cfg.quantization_config
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.config.torch_dtype = torch.bfloat16
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

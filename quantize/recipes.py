@@ -85,15 +85,16 @@ class BnbRecipe(_Recipe):
         return False
 
 
-Recipe = Annotated[GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe, Field(discriminator="method")]
+AnyRecipe = GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe
+Recipe = Annotated[AnyRecipe, Field(discriminator="method")]
 _RECIPE = TypeAdapter(Recipe)
 
 
-def parse_recipe(data: dict) -> GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe:
+def parse_recipe(data: dict) -> AnyRecipe:
     return _RECIPE.validate_python(data)
 
 
-def load_variants(path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe]:
+def load_variants(path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
     raw = yaml.safe_load(path.read_text()) or {}
     out = {}
     for name, body in raw.items():
@@ -102,9 +103,6 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, GPTQRecipe | AWQRecip
         except ValidationError as err:
             raise UserError(f"{path}: variant {name!r} is not a valid recipe: {err.errors()[0]['msg']}") from None
     return out
-
-
-AnyRecipe = GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe
 
 
 def select_variants(spec: str, path: Path = VARIANTS_FILE, extra: Path | None = None) -> dict[str, AnyRecipe]:

@@ -81,12 +81,9 @@ class _VllmChecker:
             self.proc.wait(timeout=30)
 
 
-def _recipe_hash(recipe: dict, source_sha: str, opts: QuantizeOptions, group_size: int | None) -> str:
-    key = {
-        "recipe": recipe, "source": source_sha, "group_size": group_size, "samples": opts.samples,
-        "seq_len": opts.seq_len, "calibration": sha256_file(opts.calibration_file),
-        "heldout": sha256_file(opts.heldout_file), "quantserve": __version__,
-    }
+def _recipe_hash(recipe: dict, inputs: dict, group_size: int | None) -> str:
+    """Equal hash, equal variant: the recipe plus `inputs` (source, calibration and held-out text, sizes)."""
+    key = {"recipe": recipe, "group_size": group_size, **inputs}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -147,6 +144,11 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
     slug = model_slug(opts.model, source)
     source_info = SourceInfo(model=opts.model, path=str(source), sha256=source_sha, weight_bytes=src_bytes,
                              note=GRID_NOTE if slug == DEFAULT_MODEL else None)
+    inputs = {
+        "source": source_sha, "samples": opts.samples, "seq_len": opts.seq_len,
+        "calibration": sha256_file(opts.calibration_file), "heldout": sha256_file(opts.heldout_file),
+        "quantserve": __version__,
+    }
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     checker = _VllmChecker()
     done: list[Manifest] = []
@@ -156,7 +158,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
             name = f"{slug}-{variant}"
             target = opts.out / name
             recipe_dict = recipe.model_dump(mode="json")
-            rhash = _recipe_hash(recipe_dict, source_sha, opts, group_sizes[variant])
+            rhash = _recipe_hash(recipe_dict, inputs, group_sizes[variant])
             if not opts.force and target.is_dir():
                 try:
                     existing = Manifest.read(target)
