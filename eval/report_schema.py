@@ -74,8 +74,10 @@ class VariantRow(BaseModel):
     bits: int | None = None
     size_bytes: int | None = None
     size_ratio: float | None = None
-    servable_here: bool = False
+    servable_here: bool | None = False  # served in this run; else the manifest's verdict where it was quantized
     servable_reason: str = ""
+    dtype: str | None = None  # what its engine ran in, as the gateway reported it
+    dtype_from: str | None = None  # "probe" (fastest measured on the machine) or "config" (the user's choice)
     quality: QualityRow = Field(default_factory=QualityRow)
     reference_point: str | None = None  # the load point latency/throughput/cost below are taken at
     latency: Latency | None = None

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 import quantserve
 from quantserve.errors import UserError
-from quantserve.eval.endpoint import Endpoint, check_models
+from quantserve.eval.endpoint import Endpoint, check_models, model_cards
 from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, parse_sweep, run_point
 from quantserve.eval.metrics import compute_metrics
 from quantserve.eval.prices import HardwareRow, load_price_table
@@ -54,6 +54,7 @@ class EvalConfig(BaseModel):
     tasks: bool = True
     tasks_file: Path | None = None  # None: prompts/tasks/support_tasks.jsonl when present
     task_max_tokens: int = 16
+    not_served: dict[str, str] = Field(default_factory=dict)  # variants the run could not serve -> why
 
 
 def log(message: str) -> None:
@@ -177,6 +178,9 @@ async def run_eval_async(cfg: EvalConfig) -> Path:
     started = time.monotonic()
     async with make_client(plan.limits) as client:
         models = await check_models(client, plan.endpoint, cfg.models)
+        # What each model runs as (the gateway's extra /v1/models fields; empty for other servers).
+        serving = {c["id"]: {k: c.get(k) for k in ("format", "dtype", "dtype_from")}
+                   for c in await model_cards(client, plan.endpoint) if c["id"] in models}
         if cfg.source_model and cfg.source_model not in models:
             raise UserError(f"--source-model {cfg.source_model} is not among the measured models: "
                             f"{', '.join(models)}")
@@ -201,6 +205,8 @@ async def run_eval_async(cfg: EvalConfig) -> Path:
         "variants_dir": str(cfg.variants_dir.resolve()) if cfg.variants_dir else None,
         "source_model": source,
         "models": models,
+        "serving": serving,
+        "not_served": cfg.not_served,
         "tasks_file": str(plan.tasks_file.resolve()) if plan.tasks_file else None,
         "results": results,
         "notes": plan.notes,

@@ -21,7 +21,7 @@ def _p(dist: Dist | None, stat: str, spec: str = ".0f") -> str:
 
 def servable_cell(row: VariantRow) -> str:
     if row.latency is not None:
-        return "yes"
+        return f"yes ({row.dtype})" if row.dtype else "yes"
     if row.servable_here:
         return f"yes ({row.unavailable_reason})" if row.unavailable_reason else "yes"
     return f"no: {row.unavailable_reason}" if row.unavailable_reason else "no"

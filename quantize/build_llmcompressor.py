@@ -17,7 +17,7 @@ def _no_pinning_without_accelerator() -> None:
         IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
-def _w4_scheme(recipe: GPTQRecipe | AWQRecipe, group_size: int, actorder: str | None):
+def w4_scheme(recipe: GPTQRecipe | AWQRecipe, group_size: int, actorder: str | None):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     weights = QuantizationArgs(
@@ -30,7 +30,7 @@ def _w4_scheme(recipe: GPTQRecipe | AWQRecipe, group_size: int, actorder: str | 
 def _announce_layers(model) -> None:
     """A line as calibration reaches each decoder layer: llm-compressor's sequential pipeline runs the model one
     layer at a time, so the first call of a layer is where the work on it starts."""
-    from quantserve.quantize.progress import say
+    from quantserve.progress import say
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
@@ -54,14 +54,14 @@ def modifiers(recipe: GPTQRecipe | AWQRecipe | W8A8Recipe, group_size: int | Non
 
     if isinstance(recipe, GPTQRecipe):
         actorder = None if recipe.actorder == "none" else recipe.actorder
-        return [GPTQModifier(config_groups=_w4_scheme(recipe, group_size, actorder), ignore=recipe.ignore,
+        return [GPTQModifier(config_groups=w4_scheme(recipe, group_size, actorder), ignore=recipe.ignore,
                              dampening_frac=recipe.dampening_frac, actorder=actorder)]
     if isinstance(recipe, AWQRecipe):
         if recipe.quantizer == "gptq":
-            quantizer = GPTQModifier(config_groups=_w4_scheme(recipe, group_size, "weight"), ignore=recipe.ignore,
+            quantizer = GPTQModifier(config_groups=w4_scheme(recipe, group_size, "weight"), ignore=recipe.ignore,
                                      dampening_frac=recipe.dampening_frac, actorder="weight")
         else:
-            quantizer = QuantizationModifier(config_groups=_w4_scheme(recipe, group_size, None),
+            quantizer = QuantizationModifier(config_groups=w4_scheme(recipe, group_size, None),
                                              ignore=recipe.ignore)
         return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid), quantizer]
     if recipe.weight_quantizer == "gptq":

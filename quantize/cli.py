@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from quantserve.quantize.model_fetch import DEFAULT_MODEL
+from quantserve.model_fetch import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, help="Convert the embedded default again even if cached."),
     ) -> None:
         """Make the source model a local HF folder and print its path (cached: a second fetch is a no-op)."""
-        from quantserve.quantize.model_fetch import ensure_default_model, resolve_model
+        from quantserve.model_fetch import ensure_default_model, resolve_model
 
         path = ensure_default_model(force=True) if force and model == DEFAULT_MODEL else resolve_model(model)
         typer.echo(path)

@@ -69,7 +69,8 @@ class Manifest(BaseModel):
     quality: Quality | None = None
     vllm_loadable: bool | None = None
     vllm_loadable_reason: str = ""
-    servable_here: bool = False
+    # Verified where it was quantized (the probe of that machine); serving decides again where it runs.
+    servable_here: bool | None = False
     servable_reason: str = ""
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
     created_at: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from quantserve.quantize.progress import say
+from quantserve.progress import say
 
 
 @dataclass

@@ -15,17 +15,17 @@ from pathlib import Path
 
 from quantserve import __version__
 from quantserve.errors import UserError
+from quantserve.model_fetch import DEFAULT_MODEL, default_model_dir, resolve_model
+from quantserve.progress import say, step
 from quantserve.prompts import prompt_path
 from quantserve.quantize import publish
 from quantserve.quantize.calibration import CALIBRATION_FILE, HELDOUT_FILE
 from quantserve.quantize.files import file_hashes, sha256_file, weight_bytes, weights_sha256
 from quantserve.quantize.group_size import choose_group_size, quantized_in_features
 from quantserve.quantize.manifest import GRID_NOTE, Manifest, SourceInfo
-from quantserve.quantize.model_fetch import DEFAULT_MODEL, default_model_dir, resolve_model
-from quantserve.quantize.progress import say, step
 from quantserve.quantize.recipes import select_variants
-from quantserve.quantize.stage_env import quant_python, serve_python
 from quantserve.quantize.worker import RESULT_NAME, BuildResult, BuildSpec
+from quantserve.stage_env import quant_python, serve_python
 
 
 @dataclass
@@ -65,7 +65,7 @@ class _VllmChecker:
 
     def check(self, folder: Path) -> dict:
         if self.proc is None:
-            reason = "vLLM is not installed in any environment found (run `make .venv`)"
+            reason = "vLLM is not installed in any environment found (run `make install`)"
             return {"vllm_loadable": None, "vllm_loadable_reason": reason, "servable_here": False,
                     "servable_reason": reason}
         self.proc.stdin.write(f"{folder}\n")

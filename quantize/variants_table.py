@@ -50,7 +50,8 @@ def print_table(root: Path) -> None:
             s["name"], f"{s['method']} {s['scheme']}", str(s["bits"]), f"{s['size_mb']:.1f}",
             fmt(s["size_ratio"], ".3f"), fmt(s["ppl_ratio"], ".3f"), fmt(s["kld_mean"], ".4f"),
             fmt(s["top1_agreement"], ".3f"), {True: "yes", False: "no", None: "not checked"}[s["vllm_loadable"]],
-            "yes" if s["servable_here"] else f"no: {_short(s['servable_reason'])}",
+            {True: "yes", False: "no: ", None: "not checked: "}[s["servable_here"]]
+            + ("" if s["servable_here"] else _short(s["servable_reason"])),
         )
     console = Console(width=200)
     console.print(table)

@@ -1,5 +1,5 @@
-"""Can vLLM load a variant, and can it run it on this machine? Decided from vLLM's own config resolution
-and the platform's kernels, never from a crash at the first forward pass.
+"""Can vLLM load a variant, and can it run it on this machine? vLLM's own config resolution says the first;
+the machine probe's measured verdict for the checkpoint's format the second.
 
 Runs in the serving environment (where vLLM lives): `python -m quantserve.quantize.vllm_check DIR...`
 prints one JSON object per folder.
@@ -13,51 +13,28 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantserve.quantize.checkpoint import weight_bits
-
 
 @dataclass
 class VllmVerdict:
     path: str
     vllm_loadable: bool | None
     vllm_loadable_reason: str
-    servable_here: bool
+    servable_here: bool | None  # None: not checked (this machine was never probed)
     servable_reason: str
 
 
-def _platform_verdict(model_dir: Path, quant: str | None) -> tuple[bool, str]:
-    import torch
-    from vllm.platforms import current_platform
+def _here_verdict(model_dir: Path) -> tuple[bool | None, str]:
+    """This machine's probe verdict for the checkpoint's format, when the machine was probed (`make run` probes
+    first); serving decides again on the machine it runs on."""
+    from quantserve.machine import this_machine
+    from quantserve.probe import cached
 
-    if current_platform.is_cuda_alike():
-        if quant is None:
-            return True, "full-precision weights run on any vLLM GPU"
-        from vllm.model_executor.layers.quantization import get_quantization_config
-
-        need = get_quantization_config(quant).get_min_capability()
-        cap = current_platform.get_device_capability()
-        have = cap.to_int() if cap else 0
-        if have < need:
-            return False, f"{quant} needs GPU compute capability {need / 10:.1f}+, this GPU has {have / 10:.1f}"
-        return True, f"{quant} kernels available on this GPU (capability {have / 10:.1f})"
-    if not current_platform.is_cpu():
-        return False, f"vLLM platform {current_platform.device_type!r} is not one quantserve serves on"
-    if quant is None:
-        return True, "full-precision weights run on vLLM's CPU backend"
-    if quant == "compressed-tensors":
-        bits, act_quant = weight_bits(model_dir)
-        if bits == 8 and act_quant:
-            return True, "W8A8 INT8 runs on vLLM's CPU backend (oneDNN int8 GEMM)"
-        if bits == 4:
-            current_platform.import_kernels()
-            if hasattr(torch.ops._C, "cpu_gemm_wna16"):
-                return True, "the 4-bit CPU kernel (cpu_gemm_wna16) is in this vLLM build; served in bfloat16"
-            isa = "AVX-512" if torch.cpu._is_avx512_supported() else "AVX2"
-            return False, (
-                f"this CPU's vLLM kernel library ({isa}) has no 4-bit GEMM (cpu_gemm_wna16); INT4 needs an "
-                "AVX-512 CPU or a CUDA GPU. Runs here: the source model and w8a8-int8"
-            )
-    return False, f"vLLM's CPU backend does not run {quant} checkpoints. Runs here: the source model and w8a8-int8"
+    machine = this_machine()
+    probe = cached(machine)
+    if probe is None:
+        return None, "not checked: this machine has not been probed yet (`quantserve probe`)"
+    verdict = probe.verdict_for(model_dir)
+    return verdict.runs, f"{verdict.reason} [probed on {machine.summary()}]"
 
 
 def check(model_dir: Path) -> VllmVerdict:
@@ -73,11 +50,11 @@ def check(model_dir: Path) -> VllmVerdict:
         detail = detail.split(". Must be one of")[0]  # the list of every method vLLM knows helps nobody here
         reason = f"vLLM config resolution failed: {detail[:300]}"
         if method == "bitsandbytes":
-            reason += " (bitsandbytes left vLLM core; the vllm-bnb-plugin package adds it back)"
+            reason += " (bitsandbytes left vLLM core; the vllm-bnb-plugin package adds it back: `make install`)"
         return VllmVerdict(str(model_dir), False, reason, False, reason)
-    quant = model_config.quantization
-    servable, why = _platform_verdict(model_dir, quant)
-    return VllmVerdict(str(model_dir), True, f"vLLM resolves the config (quantization={quant})", servable, why)
+    servable, why = _here_verdict(model_dir)
+    return VllmVerdict(str(model_dir), True, f"vLLM resolves the config (quantization={model_config.quantization})",
+                       servable, why)
 
 
 def main(argv: list[str]) -> None:

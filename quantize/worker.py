@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from quantserve.progress import step
 from quantserve.quantize.manifest import CalibrationInfo, Quality
-from quantserve.quantize.progress import step
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate")
 RESULT_NAME = ".build.json"
@@ -57,8 +57,8 @@ def _measure_quality(spec: BuildSpec) -> Quality:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantserve.checkpoint import weight_bits
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
-    from quantserve.quantize.checkpoint import weight_bits
     from quantserve.quantize.quality import compare, emulate_dynamic_int8_activations
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
@@ -117,7 +117,7 @@ def run(spec: BuildSpec) -> BuildResult:
     )
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """llm-compressor logs every module and draws a bar per layer pass; a user wants one line per layer
     (build_llmcompressor prints those) and each distinct warning once.
 
@@ -150,7 +150,7 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     spec = BuildSpec.model_validate_json(Path(sys.argv[1]).read_text())
-    _quiet_libraries()
+    quiet_libraries()
     result = run(spec)
     (Path(spec.out) / RESULT_NAME).write_text(json.dumps(result.model_dump(mode="json"), indent=2))
 

@@ -45,7 +45,7 @@ def run_all(
     requests: int = typer.Option(8, min=1, help="Measured requests per load point."),
     gpu: str = typer.Option("cpu-2core", help="Price row the cost is computed for (eval/prices.yaml)."),
     slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
-    engines: int = typer.Option(4, min=1, help="Most vLLM engines to run at once (the source counts as one)."),
+    engines: int = typer.Option(6, min=1, help="Most vLLM engines to run at once (the source counts as one)."),
 ) -> None:
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
@@ -55,6 +55,36 @@ def run_all(
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
                    max_tokens=max_tokens, gpu=gpu, slo=slo, max_engines=engines))
+
+
+@app.command("probe")
+def probe_cmd(
+    force: bool = typer.Option(False, "--force", help="Probe again even if this machine's result is cached."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Which checkpoint formats run on this machine, in which dtype, how fast (real vLLM engines, cached)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from quantserve.checkpoint import FORMATS
+    from quantserve.probe import cache_path, ensure_probe, table_rows
+
+    result = ensure_probe(force=force)
+    if as_json:
+        typer.echo(json.dumps({**result.model_dump(mode="json"), "cache": str(cache_path(result.machine)),
+                               "verdicts": {f: result.verdict(f).model_dump() for f in FORMATS}}, indent=2))
+        return
+    rows = table_rows(result)
+    table = Table(title=f"{result.machine.summary()} — probed {result.probed_at} on {result.model} "
+                        f"({result.wall_time_s:.0f}s); * = the dtype serving uses")
+    for column in rows[0] if rows else ():
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
+    Console(width=max(120, Console().width)).print(table)
+    typer.echo(f"cached: {cache_path(result.machine)} (--force probes again)")
 
 
 def _register_stages() -> None:

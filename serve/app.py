@@ -14,9 +14,11 @@ from quantserve.serve.router import router
 from quantserve.serve.runtime import GatewayRuntime
 
 
-def create_app(config: ServeConfig, routes: dict[str, list[str]]) -> FastAPI:
-    """`routes`: served model name -> upstream base URLs (local engines and external vLLM servers)."""
-    runtime = GatewayRuntime(config, routes)
+def create_app(config: ServeConfig, routes: dict[str, list[str]],
+               model_info: dict[str, dict[str, str | None]] | None = None) -> FastAPI:
+    """`routes`: served model name -> upstream base URLs (local engines and external vLLM servers);
+    `model_info`: what /v1/models tells about each local model (checkpoint format, dtype and who chose it)."""
+    runtime = GatewayRuntime(config, routes, model_info)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

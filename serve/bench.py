@@ -156,12 +156,13 @@ async def _compare(stack: ServeStack, model: str, max_tokens: int, plan: dict[in
     return results
 
 
-def _hf_baseline(model_path: str, max_tokens: int, prompts: int) -> dict[str, Any]:
+def _hf_baseline(model_path: str, max_tokens: int, prompts: int, dtype: str) -> dict[str, Any]:
+    """Sequential transformers generate in the dtype the engine ran in (the probe's choice): like for like."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     model.eval()
 
     def generate(prompt: str) -> int:
@@ -177,7 +178,7 @@ def _hf_baseline(model_path: str, max_tokens: int, prompts: int) -> dict[str, An
     tokens = sum(generate(PROMPTS[i % len(PROMPTS)]) for i in range(prompts))
     wall = time.perf_counter() - start
     return {"requests": prompts, "output_tokens": tokens, "wall_s": round(wall, 3),
-            "output_tok_s": round(tokens / wall, 2), "dtype": "float32", "torch_threads": torch.get_num_threads()}
+            "output_tok_s": round(tokens / wall, 2), "dtype": dtype, "torch_threads": torch.get_num_threads()}
 
 
 def run_bench(out: Path, model: str = "smollm2-135m-instruct", max_tokens: int = 64, requests_c1: int = 6,
@@ -189,8 +190,9 @@ def run_bench(out: Path, model: str = "smollm2-135m-instruct", max_tokens: int =
             served = stack.models[0]
             model_path = stack.engine(served).spec.model
             device = stack.engine(served).spec.device
+            engine_dtype = stack.engine(served).spec.dtype or "float32"
             comparison = asyncio.run(_compare(stack, served, max_tokens, {1: requests_c1, 16: requests_c16}, rounds))
-    hf = _hf_baseline(model_path, max_tokens, hf_prompts)
+    hf = _hf_baseline(model_path, max_tokens, hf_prompts, engine_dtype)
     gateway_c16 = comparison["c16"]["gateway"]["output_tok_s"]
     speedup = gateway_c16 / hf["output_tok_s"] if hf["output_tok_s"] else None
     checks = {
@@ -204,6 +206,7 @@ def run_bench(out: Path, model: str = "smollm2-135m-instruct", max_tokens: int =
         "model": served,
         "model_path": model_path,
         "device": device,
+        "engine_dtype": engine_dtype,
         "max_tokens": max_tokens,
         "rounds": rounds,
         "gateway_vs_direct": comparison,

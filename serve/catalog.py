@@ -1,6 +1,10 @@
 """What to host: variants from a folder, --model references and serve.yaml entries, resolved to served names.
 
-Policy for variants that cannot run here (manifest `servable_here: false`, e.g. INT4 on this AVX2 CPU):
+Whether a model runs here, and in which dtype, is the machine probe's verdict for its checkpoint format
+(`quantserve/probe.py`), taken on this machine now: a variant's manifest says what was verified where it was
+quantized, and variants move between machines. An explicit `engine.dtype` in serve.yaml wins over the probe.
+
+Policy for variants whose format the probe found does not run here (e.g. INT4 on an AVX2-only CPU):
 - named on purpose (`--model NAME`, a variant folder given as a path, or a serve.yaml `models:` entry):
   refused with a UserError that gives the manifest's reason and lists what does run here;
 - found by scanning `--variants DIR`: skipped with a warning line, since the user asked for "whatever is
@@ -13,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantserve.device import resolve_device
 from quantserve.errors import UserError
+from quantserve.probe import ProbeProvider, ProbeResult, Verdict, ensure_probe
 from quantserve.quantize.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.serve.config import ModelSpec, ServeConfig
-from quantserve.serve.device import Device, resolve_device
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -31,12 +36,17 @@ class HostedModel:
     extra_args: tuple[str, ...] = ()
     origin: str = "model"  # variant | source | model | config
     required: bool = True  # False for variants found by scanning a folder: one that fails to start is skipped
+    format: str | None = None  # checkpoint format (quantserve.checkpoint); None for external upstreams
+    dtype: str | None = None  # what its engines run in
+    dtype_from: str | None = None  # "probe" (fastest measured here) or "config" (serve.yaml engine.dtype)
+    dtype_reason: str = ""
 
 
 @dataclass
 class Catalog:
     models: list[HostedModel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # variant -> why it is not served here
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
@@ -51,33 +61,42 @@ class Catalog:
         self.models.append(model)
 
 
-def servable(manifest: Manifest, device: Device) -> bool:
-    # servable_here was judged by quantize on a CPU; a CUDA host can run whatever vLLM loads at all.
-    return manifest.servable_here or (device == "cuda" and bool(manifest.vllm_loadable))
+class Verdicts:
+    """The probe's verdict per model folder, the probe loaded (or run) only when a local model needs one."""
+
+    def __init__(self, config: ServeConfig, probe: ProbeProvider | None = None) -> None:
+        self._provider = probe or (lambda: ensure_probe(resolve_device(config.engine.device)))
+        self._probe: ProbeResult | None = None
+        self.explicit_dtype = config.engine.dtype
+
+    def of(self, path: str | Path) -> Verdict:
+        if self._probe is None:
+            self._probe = self._provider()
+        return self._probe.verdict_for(path)
 
 
-def resolve_catalog(config: ServeConfig) -> Catalog:
-    device = resolve_device(config.engine.device)
+def resolve_catalog(config: ServeConfig, probe: ProbeProvider | None = None) -> Catalog:
+    verdicts = Verdicts(config, probe)
     catalog = Catalog()
     variants = _scan(config.variants_dir) if config.variants_dir is not None else []
     by_name = {m.name: (folder, m) for folder, m in variants}
     refs_naming_variants = [ref for ref in config.model_refs if ref in by_name]
 
     for spec in config.models:
-        _add_spec(catalog, spec, config, device, variants)
+        _add_spec(catalog, spec, config, verdicts, variants)
     for ref in config.model_refs:
         if ref in by_name:
             folder, manifest = by_name[ref]
-            _add_variant(catalog, folder, manifest, config, device, variants, named=True)
+            _add_variant(catalog, folder, manifest, config, verdicts, variants, named=True)
         else:
-            _add_ref(catalog, ref, config, device, variants)
+            _add_ref(catalog, ref, config, verdicts, variants)
     if config.variants_dir is not None and not refs_naming_variants:
         for folder, manifest in variants:
-            _add_variant(catalog, folder, manifest, config, device, variants, named=False)
+            _add_variant(catalog, folder, manifest, config, verdicts, variants, named=False)
 
     if not catalog.models and config.variants_dir is None and not config.model_refs and not config.models:
         catalog.warnings.append(f"no --variants or --model given: serving the default {DEFAULT_MODEL_NAME}")
-        _add_path(catalog, _default_model(), config, origin="model")
+        _add_path(catalog, _default_model(), config, verdicts, origin="model")
     if not catalog.models:
         skipped = "; ".join(catalog.warnings) or "no variants found"
         raise UserError(f"nothing to serve from {config.variants_dir}: {skipped}. "
@@ -91,8 +110,8 @@ def _scan(root: Path) -> list[tuple[Path, Manifest]]:
     return list_manifests(root)
 
 
-def runnable_here(variants: list[tuple[Path, Manifest]], device: Device) -> list[str]:
-    names = [m.name for _, m in variants if servable(m, device)]
+def runnable_here(variants: list[tuple[Path, Manifest]], verdicts: Verdicts) -> list[str]:
+    names = [m.name for folder, m in variants if verdicts.of(folder).runs is not False]
     sources = sorted({Path(m.source.path).name for _, m in variants if Path(m.source.path).is_dir()})
     return names + [f"{s} (source)" for s in sources]
 
@@ -102,35 +121,37 @@ def _add_variant(
     folder: Path,
     manifest: Manifest,
     config: ServeConfig,
-    device: Device,
+    verdicts: Verdicts,
     variants: list[tuple[Path, Manifest]],
     named: bool,
 ) -> None:
-    if not servable(manifest, device):
-        runs = ", ".join(runnable_here(variants, device)) or "the source model"
-        reason = _short(manifest.servable_reason) or "its manifest says servable_here: false"
-        message = f"variant {manifest.name} cannot be served on this machine: {reason}. Serve instead: {runs}"
+    verdict = verdicts.of(folder)
+    if verdict.runs is False:
+        runs = ", ".join(runnable_here(variants, verdicts)) or "the source model"
+        message = (f"variant {manifest.name} cannot be served on this machine: {_short(verdict.reason)}. "
+                   f"Serve instead: {runs}")
         if named:
             raise UserError(message)
         catalog.warnings.append(f"skipping {message}")
+        catalog.skipped[manifest.name] = verdict.reason
         return
-    catalog.add(_hosted(manifest.name, str(folder.resolve()), config, origin="variant", required=named))
+    catalog.add(_hosted(manifest.name, str(folder.resolve()), config, verdicts, origin="variant", required=named))
     source = Path(manifest.source.path)
     if source.is_dir():
-        catalog.add(_hosted(source.name, str(source.resolve()), config, origin="source"))
+        catalog.add(_hosted(source.name, str(source.resolve()), config, verdicts, origin="source"))
     else:
         catalog.warnings.append(f"source of {manifest.name} not found at {source}; not hosting it")
 
 
 def _add_ref(
-    catalog: Catalog, ref: str, config: ServeConfig, device: Device, variants: list[tuple[Path, Manifest]]
+    catalog: Catalog, ref: str, config: ServeConfig, verdicts: Verdicts, variants: list[tuple[Path, Manifest]]
 ) -> None:
     path = Path(ref).expanduser()
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = Manifest.read(path)
-        _add_variant(catalog, path, manifest, config, device, variants or [(path, manifest)], named=True)
+        _add_variant(catalog, path, manifest, config, verdicts, variants or [(path, manifest)], named=True)
         return
-    from quantserve.quantize.model_fetch import resolve_model
+    from quantserve.model_fetch import resolve_model
 
     try:
         folder = resolve_model(ref)  # the default's name, a folder, or an HF id fetched into the HF cache
@@ -140,30 +161,38 @@ def _add_ref(
         raise UserError(f"--model {ref}: {err}{hint}") from None
     is_hub_id = not path.exists() and ref.count("/") == 1 and ref != DEFAULT_MODEL_NAME
     name = ref.split("/")[-1].lower() if is_hub_id else folder.name
-    catalog.add(_hosted(name, str(folder), config, origin="model"))
+    _refuse_if_not_runnable(name, folder, verdicts, variants)
+    catalog.add(_hosted(name, str(folder), config, verdicts, origin="model"))
 
 
-def _add_path(catalog: Catalog, path: Path, config: ServeConfig, origin: str) -> None:
+def _add_path(catalog: Catalog, path: Path, config: ServeConfig, verdicts: Verdicts, origin: str) -> None:
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
-    catalog.add(_hosted(path.name, str(path.resolve()), config, origin=origin))
+    catalog.add(_hosted(path.name, str(path.resolve()), config, verdicts, origin=origin))
+
+
+def _refuse_if_not_runnable(name: str, path: str | Path, verdicts: Verdicts,
+                            variants: list[tuple[Path, Manifest]]) -> None:
+    verdict = verdicts.of(path)
+    if verdict.runs is False:
+        runs = ", ".join(runnable_here(variants, verdicts)) or "a full-precision model"
+        raise UserError(f"model {name} ({path}) cannot be served on this machine: {_short(verdict.reason)}. "
+                        f"Serve instead: {runs}")
 
 
 def _add_spec(
     catalog: Catalog,
     spec: ModelSpec,
     config: ServeConfig,
-    device: Device,
+    verdicts: Verdicts,
     variants: list[tuple[Path, Manifest]],
 ) -> None:
     if spec.path is None and not spec.upstreams:
         raise UserError(f"serve config: model {spec.name} needs a path (to start engines) or upstreams")
-    if spec.path is not None and (Path(spec.path) / MANIFEST_NAME).is_file():
-        manifest = Manifest.read(Path(spec.path))
-        if not servable(manifest, device):
-            runs = ", ".join(runnable_here(variants, device)) or "the source model"
-            raise UserError(f"model {spec.name} ({spec.path}) cannot be served on this machine: "
-                            f"{_short(manifest.servable_reason)}. Serve instead: {runs}")
+    dtype = {}
+    if spec.path is not None:
+        _refuse_if_not_runnable(spec.name, spec.path, verdicts, variants)
+        dtype = _dtype_fields(spec.path, verdicts)
     catalog.add(HostedModel(
         name=spec.name,
         path=spec.path,
@@ -172,10 +201,20 @@ def _add_spec(
         tensor_parallel_size=spec.tensor_parallel_size or config.engine.tensor_parallel_size,
         extra_args=tuple(spec.extra_args),
         origin="config",
+        **dtype,
     ))
 
 
-def _hosted(name: str, path: str, config: ServeConfig, origin: str, required: bool = True) -> HostedModel:
+def _dtype_fields(path: str | Path, verdicts: Verdicts) -> dict[str, str | None]:
+    verdict = verdicts.of(path)
+    if verdicts.explicit_dtype:
+        return {"format": verdict.format, "dtype": verdicts.explicit_dtype, "dtype_from": "config",
+                "dtype_reason": f"engine.dtype set in the serve config (the probe: {verdict.reason})"}
+    return {"format": verdict.format, "dtype": verdict.dtype, "dtype_from": "probe", "dtype_reason": verdict.reason}
+
+
+def _hosted(name: str, path: str, config: ServeConfig, verdicts: Verdicts, origin: str,
+            required: bool = True) -> HostedModel:
     if Path(path).is_dir():
         path = str(Path(path).resolve())  # one spelling per folder, so a source reached twice is hosted once
     return HostedModel(
@@ -185,6 +224,7 @@ def _hosted(name: str, path: str, config: ServeConfig, origin: str, required: bo
         tensor_parallel_size=config.engine.tensor_parallel_size,
         origin=origin,
         required=required,
+        **_dtype_fields(path, verdicts),
     )
 
 
@@ -195,6 +235,6 @@ def _short(reason: str, limit: int = 240) -> str:
 
 
 def _default_model() -> Path:
-    from quantserve.quantize.model_fetch import ensure_default_model
+    from quantserve.model_fetch import ensure_default_model
 
     return ensure_default_model()

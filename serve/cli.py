@@ -56,6 +56,12 @@ def serve(
         auth = "on: send 'Authorization: Bearer sk-qs-...' (quantserve keys create --name NAME)" \
             if config.auth else "OFF (--no-auth)"
         typer.echo(f"gateway: {stack.base_url}/v1   models: {', '.join(stack.models)}")
+        for name, info in stack.model_info.items():
+            typer.echo(f"  {name}: {info['format']} in {info['dtype'] or 'auto'}"
+                       + (" (set in the serve config)" if info["dtype_from"] == "config" else
+                          " (fastest measured here by `quantserve probe`)"))
+        for name, why in stack.skipped.items():
+            typer.echo(f"  not served: {name}: {why}")
         typer.echo(f"auth {auth}; metrics {stack.base_url}/metrics; Ctrl-C to stop")
         stack.serve_forever()
     typer.echo("stopped; usage rows flushed")

@@ -37,7 +37,7 @@ class EngineSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     host: str = "127.0.0.1"  # engines stay on loopback: only the gateway is meant to reach them
     port_base: int = 8100  # first port tried; taken ports are skipped
-    dtype: str | None = None  # None: float32 on CPU (vLLM-CPU's fastest path here), auto on CUDA
+    dtype: str | None = None  # None: per checkpoint format, the fastest dtype `quantserve probe` measured here
     max_model_len: int = 2048
     enforce_eager: bool | None = None  # None: on for CPU, off for CUDA
     tensor_parallel_size: int = 1

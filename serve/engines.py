@@ -23,12 +23,11 @@ from pathlib import Path
 
 import httpx
 
+from quantserve.device import Device
 from quantserve.errors import UserError
 from quantserve.paths import state_dir
-from quantserve.quantize.checkpoint import cpu_serving_dtype
 from quantserve.serve.catalog import HostedModel
 from quantserve.serve.config import EngineSettings
-from quantserve.serve.device import Device
 
 log = logging.getLogger("quantserve.serve.engines")
 
@@ -64,6 +63,7 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     extra_args: tuple[str, ...] = ()
     replica: int = 0
+    dtype: str | None = None  # the catalog's choice (probe or serve.yaml); None: vLLM's "auto"
     command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
     env_override: dict[str, str] = field(default_factory=dict)
 
@@ -92,7 +92,7 @@ class EngineSpec:
             "--host", self.host,
             "--port", str(self.port),
             "--max-model-len", str(s.max_model_len),
-            "--dtype", s.dtype or (cpu_serving_dtype(Path(self.model)) if self.device == "cpu" else "auto"),
+            "--dtype", self.dtype or s.dtype or "auto",
         ]
         if s.enforce_eager if s.enforce_eager is not None else self.device == "cpu":
             cmd.append("--enforce-eager")
@@ -152,6 +152,7 @@ def build_engine_specs(
             tensor_parallel_size=m.tensor_parallel_size,
             extra_args=m.extra_args,
             replica=replica,
+            dtype=m.dtype,
         )
         for (m, replica), port in zip(wanted, ports, strict=True)
     ]

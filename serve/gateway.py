@@ -36,9 +36,12 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
 
 
-def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]]) -> uvicorn.Config:
+ModelInfo = dict[str, dict[str, str | None]]
+
+
+def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]], model_info: ModelInfo | None) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(config, routes),
+        create_app(config, routes, model_info),
         host=config.host,
         port=config.port,
         log_level=config.log_level,
@@ -54,9 +57,9 @@ def check_port(config: ServeConfig) -> None:
 
 
 class GatewayThread:
-    def __init__(self, config: ServeConfig, routes: dict[str, list[str]]) -> None:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]], model_info: ModelInfo | None = None) -> None:
         self.config = config
-        self.server = uvicorn.Server(_uvicorn_config(config, routes))
+        self.server = uvicorn.Server(_uvicorn_config(config, routes, model_info))
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
 
     @property
@@ -84,9 +87,11 @@ class GatewayThread:
 
 
 class GatewayProcess:
-    def __init__(self, config: ServeConfig, routes: dict[str, list[str]], log_path: Path) -> None:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]], log_path: Path,
+                 model_info: ModelInfo | None = None) -> None:
         self.config = config
         self.routes = routes
+        self.model_info = model_info or {}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._spec: Path | None = None
@@ -95,7 +100,8 @@ class GatewayProcess:
         check_port(self.config)
         fd, name = tempfile.mkstemp(prefix="quantserve-gateway-", suffix=".json")
         with os.fdopen(fd, "w") as out:
-            json.dump({"config": self.config.model_dump(mode="json"), "routes": self.routes}, out)
+            json.dump({"config": self.config.model_dump(mode="json"), "routes": self.routes,
+                       "model_info": self.model_info}, out)
         self._spec = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     spec_path.unlink(missing_ok=True)  # read once; nothing left in /tmp however this process ends
     config = ServeConfig(**spec["config"])
     configure_logging(config.log_level)
-    uvicorn.Server(_uvicorn_config(config, spec["routes"])).run()  # handles SIGTERM/SIGINT itself
+    # uvicorn handles SIGTERM/SIGINT itself
+    uvicorn.Server(_uvicorn_config(config, spec["routes"], spec.get("model_info"))).run()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ class ModelCard(BaseModel):
     object: str = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "quantserve"
+    # quantserve's own fields (OpenAI clients keep unknown fields in `model_extra`): what the local engines run.
+    # None for a model served only by external upstreams.
+    format: str | None = None  # checkpoint format: full, w8a8-int8, w4a16-int4, bnb-nf4, bnb-int8, other:...
+    dtype: str | None = None
+    dtype_from: str | None = None  # "probe": fastest measured on this machine; "config": set in serve.yaml
 
 
 class ModelList(BaseModel):

@@ -49,7 +49,8 @@ async def metrics(request: Request) -> Response:
 async def list_models(request: Request) -> ModelList:
     rt = runtime(request)
     await rt.authenticator.authenticate(request.headers.get("authorization"))
-    return ModelList(data=[ModelCard(id=name, created=rt.created) for name in rt.pools])
+    return ModelList(data=[ModelCard(id=name, created=rt.created, **rt.model_info.get(name, {}))
+                           for name in rt.pools])
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
@@ -59,7 +60,7 @@ async def get_model(model: str, request: Request) -> ModelCard:
     if model not in rt.pools:
         raise OpenAIError(404, f"The model '{model[:200]}' does not exist here", type="invalid_request_error",
                           param="model", code="model_not_found")
-    return ModelCard(id=model, created=rt.created)
+    return ModelCard(id=model, created=rt.created, **rt.model_info.get(model, {}))
 
 
 @router.post("/v1/chat/completions")

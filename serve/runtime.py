@@ -23,9 +23,11 @@ _KNOWN_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/mo
 
 
 class GatewayRuntime:
-    def __init__(self, config: ServeConfig, routes: dict[str, list[str]]) -> None:
+    def __init__(self, config: ServeConfig, routes: dict[str, list[str]],
+                 model_info: dict[str, dict[str, str | None]] | None = None) -> None:
         """`routes`: served model name -> base URLs of the OpenAI servers that serve it."""
         self.config = config
+        self.model_info = model_info or {}
         self.created = int(time.time())
         self.metrics = GatewayMetrics()
         overload = config.overload

@@ -20,11 +20,12 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
 
+from quantserve.device import resolve_device
 from quantserve.errors import UserError
 from quantserve.paths import state_dir
+from quantserve.probe import ProbeProvider
 from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.device import resolve_device
 from quantserve.serve.engines import Engine, EngineGroup, allocate_ports, build_engine_specs
 from quantserve.serve.gateway import GatewayProcess, GatewayThread, check_port, client_host
 
@@ -38,14 +39,21 @@ class ServeStack:
         *,
         gateway_mode: Literal["thread", "process"] = "process",
         log_dir: Path | None = None,
+        probe: ProbeProvider | None = None,
+        best_effort: bool = False,
     ) -> None:
+        """`best_effort`: a model whose engine fails to start is left out with its reason (`skipped`) and the
+        others go on, named or not; otherwise only variants found by scanning a folder may be left out."""
         self.config = config
+        self.probe = probe
+        self.best_effort = best_effort
         self.gateway_mode = gateway_mode
         self.log_dir = log_dir or state_dir() / "logs"
         self.catalog: Catalog | None = None
         self.engines: EngineGroup | None = None
         self.gateway: GatewayThread | GatewayProcess | None = None
         self.routes: dict[str, list[str]] = {}
+        self.model_info: dict[str, dict[str, str | None]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -62,7 +70,7 @@ class ServeStack:
             self.config = self.config.model_copy(
                 update={"port": allocate_ports(self.config.host, 18000, 1)[0]})
         check_port(self.config)  # before a minute of engine start-up, not after
-        self.catalog = resolve_catalog(self.config)
+        self.catalog = resolve_catalog(self.config, self.probe)
         for warning in self.catalog.warnings:
             log.warning("%s", warning)
         device = resolve_device(self.config.engine.device)
@@ -70,13 +78,15 @@ class ServeStack:
                                    avoid_ports=[self.config.port])
         self.engines = EngineGroup(specs, self.log_dir)
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
-                 ", ".join(f"{s.label}@{s.port}" for s in specs) or "none (external upstreams only)")
-        optional = frozenset(m.name for m in self.catalog.models if not m.required)
+                 ", ".join(f"{s.label}@{s.port} ({s.dtype or 'auto'})" for s in specs)
+                 or "none (external upstreams only)")
+        optional = frozenset(m.name for m in self.catalog.models if self.best_effort or not m.required)
         dropped = self.engines.start(optional=optional)
         for name, why in dropped.items():
-            message = f"skipping variant {name}: its engine failed to start on this machine ({why})"
+            message = f"skipping {name}: its engine failed to start on this machine ({why})"
             log.warning("%s", message)
             self.catalog.warnings.append(message)
+            self.catalog.skipped[name] = f"its engine failed to start on this machine: {why}"
         self.catalog.models = [m for m in self.catalog.models if m.name not in dropped]
         if not self.catalog.models:
             self.engines.stop()
@@ -85,11 +95,14 @@ class ServeStack:
             m.name: [e.url for e in self.engines.for_model(m.name)] + list(m.upstreams)
             for m in self.catalog.models
         }
+        self.model_info = {m.name: {"format": m.format, "dtype": m.dtype, "dtype_from": m.dtype_from}
+                           for m in self.catalog.models if m.path is not None}
         try:
             if self.gateway_mode == "process":
-                self.gateway = GatewayProcess(self.config, self.routes, self.log_dir / "gateway.log")
+                self.gateway = GatewayProcess(self.config, self.routes, self.log_dir / "gateway.log",
+                                              self.model_info)
             else:
-                self.gateway = GatewayThread(self.config, self.routes)
+                self.gateway = GatewayThread(self.config, self.routes, self.model_info)
             self.gateway.start()
         except BaseException:
             self.engines.stop()
@@ -130,6 +143,11 @@ class ServeStack:
     @property
     def models(self) -> list[str]:
         return list(self.routes)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Variants found but not served here, with the reason (the probe's verdict or a failed start)."""
+        return dict(self.catalog.skipped) if self.catalog is not None else {}
 
     def engine_url(self, name: str) -> str:
         """The first upstream serving `name` directly (a local vLLM server when there is one)."""

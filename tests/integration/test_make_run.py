@@ -1,5 +1,6 @@
-"""`quantserve run` end to end on the real default model, scaled down: one calibrated variant, real vLLM
-engines behind the real gateway, the eval load and tasks through it, and the report files."""
+"""`quantserve run` end to end on the real default model, scaled down: a calibrated variant and a bitsandbytes
+one, real vLLM engines behind the real gateway, the eval load and tasks through it, and the report files.
+What is served, and in which dtype, is expected as this machine's probe measured it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from tests.conftest import run_cli
 pytestmark = [pytest.mark.integration, pytest.mark.serve]
 
 REPORT_VARIANT_KEYS = {"name", "method", "bits", "size_bytes", "size_ratio", "servable_here", "quality", "latency",
-                       "throughput", "goodput_rps", "cost"}
+                       "throughput", "goodput_rps", "cost", "dtype", "dtype_from"}
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
+def small_run(tmp_path_factory, machine_probe):
     root = tmp_path_factory.mktemp("run")
     proc = run_cli("run", "--variants", "w8a8-int8,bnb-nf4", "--variants-dir", str(root / "variants"),
                    "--runs-dir", str(root / "runs"), "--samples", "8", "--seq-len", "128", "--requests", "3",
@@ -28,27 +29,33 @@ def small_run(tmp_path_factory):
 
 def test_run_prints_progress_and_where_the_report_is(small_run):
     root, proc = small_run
-    assert all(f"[{n}/5]" in proc.stderr for n in range(1, 6))
+    assert all(f"[{n}/6]" in proc.stderr for n in range(1, 7))
     assert "report:" in proc.stderr
     latest = root / "runs" / "latest"
     assert latest.is_symlink() and (latest / "report.html").is_file()
 
 
-def test_report_json_has_the_promised_shape(small_run):
+def test_report_serves_what_the_probe_runs_in_its_dtype(small_run, machine_probe):
     root, _ = small_run
     report = json.loads((root / "runs" / "latest" / "report.json").read_text())
     assert {"hardware", "slo", "recommendation", "variants"} <= set(report)
     rows = {v["name"]: v for v in report["variants"]}
+    assert set(rows) == {"smollm2-135m-instruct", "smollm2-135m-instruct-w8a8-int8", "smollm2-135m-instruct-bnb-nf4"}
     for row in rows.values():
         assert set(row) >= REPORT_VARIANT_KEYS
-    served = rows["smollm2-135m-instruct-w8a8-int8"]
-    assert served["servable_here"] and served["latency"]["ttft_ms"]["p50"] > 0
-    assert served["throughput"]["output_tok_s"] > 0 and served["cost"]["usd_per_1m_output_tokens"] > 0
-    assert 0 <= served["quality"]["kld_mean"] < 1
-    nf4 = rows["smollm2-135m-instruct-bnb-nf4"]
-    assert nf4["servable_here"] is False
-    assert nf4["latency"] is None and nf4["throughput"] is None and nf4["cost"] is None  # nothing invented
-    assert nf4["quality"]["ppl_ratio"] is not None
+    verdicts = machine_probe["verdicts"]
+    for name, fmt in (("smollm2-135m-instruct", "full"), ("smollm2-135m-instruct-w8a8-int8", "w8a8-int8"),
+                      ("smollm2-135m-instruct-bnb-nf4", "bnb-nf4")):
+        row = rows[name]
+        if verdicts[fmt]["runs"]:
+            assert row["servable_here"] and (row["dtype"], row["dtype_from"]) == (verdicts[fmt]["dtype"], "probe")
+            assert row["latency"]["ttft_ms"]["p50"] > 0 and row["throughput"]["output_tok_s"] > 0
+            assert row["cost"]["usd_per_1m_output_tokens"] > 0
+        else:  # left out with the probe's reason; nothing invented
+            assert row["servable_here"] is False and row["servable_reason"] == verdicts[fmt]["reason"]
+            assert row["latency"] is None and row["throughput"] is None and row["cost"] is None
+    assert 0 <= rows["smollm2-135m-instruct-w8a8-int8"]["quality"]["kld_mean"] < 1
+    assert rows["smollm2-135m-instruct-bnb-nf4"]["quality"]["ppl_ratio"] is not None
 
 
 def test_report_html_and_md_are_readable(small_run):

@@ -9,14 +9,15 @@ pytestmark = pytest.mark.quant
 
 @pytest.fixture(scope="session")
 def default_model():
-    from quantserve.quantize.model_fetch import ensure_default_model
+    from quantserve.model_fetch import ensure_default_model
 
     return ensure_default_model()
 
 
 @pytest.fixture(scope="session")
-def variants_dir(tmp_path_factory, default_model):
-    """All five variants of the real default model, quick calibration (8 x 128 tokens), built once."""
+def variants_dir(tmp_path_factory, default_model, machine_probe):
+    """All five variants of the real default model, quick calibration (8 x 128 tokens), built once; after the
+    probe, whose verdict quantize records in each manifest."""
     out = tmp_path_factory.mktemp("variants")
     proc = run_cli("quantize", "--variants", "all", "--out", str(out), "--samples", "8", "--seq-len", "128")
     assert proc.returncode == 0, proc.stderr[-3000:]

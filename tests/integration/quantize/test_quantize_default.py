@@ -10,13 +10,9 @@ import pytest
 from quantserve.quantize.files import file_hashes
 from quantserve.quantize.manifest import GRID_NOTE, Manifest, list_manifests
 from tests.conftest import run_cli
+from tests.probe_fixtures import FORMAT_OF_VARIANT
 
 VARIANTS = ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
-
-
-def _cpu_has_avx512() -> bool:
-    flags = Path("/proc/cpuinfo").read_text()
-    return " avx512f" in flags
 
 
 def _manifests(out: Path) -> dict[str, Manifest]:
@@ -75,18 +71,13 @@ def test_sizes_and_quality_are_in_range(variants_dir):
     assert manifests["bnb-int8"].quality.kld_mean < manifests["bnb-nf4"].quality.kld_mean
 
 
-def test_vllm_verdicts_follow_the_platform(variants_dir):
+def test_vllm_verdicts_follow_this_machines_probe(variants_dir, machine_probe):
     manifests = _manifests(variants_dir[0])
-    assert manifests["w8a8-int8"].vllm_loadable and manifests["w8a8-int8"].servable_here
-    for name in ("bnb-nf4", "bnb-int8"):
-        assert manifests[name].vllm_loadable is False and not manifests[name].servable_here
-        assert "bitsandbytes" in manifests[name].servable_reason
-    for name in ("gptq-w4a16", "awq-w4a16"):
-        m = manifests[name]
-        assert m.vllm_loadable is True
-        assert m.servable_here == _cpu_has_avx512(), m.servable_reason
-        if not m.servable_here:
-            assert "cpu_gemm_wna16" in m.servable_reason and "w8a8-int8" in m.servable_reason
+    for name, m in manifests.items():
+        assert m.vllm_loadable is True, m.vllm_loadable_reason  # bitsandbytes too, through vllm-bnb-plugin
+        verdict = machine_probe["verdicts"][FORMAT_OF_VARIANT[name]]
+        assert m.servable_here is verdict["runs"], (name, m.servable_reason)
+        assert m.servable_reason.startswith(verdict["reason"]) and "[probed on " in m.servable_reason
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -122,11 +113,12 @@ def test_quality_gate_fails_the_command_and_publishes_nothing(tmp_path, default_
     assert list_manifests(tmp_path) == []
 
 
-def test_variants_list_shows_numbers_and_reasons(variants_dir):
+def test_variants_list_shows_numbers_and_reasons(variants_dir, machine_probe):
     out, _ = variants_dir
     proc = run_cli("variants", "list", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"].removeprefix("smollm2-135m-instruct-"): r for r in json.loads(proc.stdout)}
     assert set(rows) == set(VARIANTS)
-    assert rows["bnb-nf4"]["servable_here"] is False and rows["bnb-nf4"]["servable_reason"]
+    nf4 = machine_probe["verdicts"]["bnb-nf4"]
+    assert rows["bnb-nf4"]["servable_here"] is nf4["runs"] and nf4["reason"] in rows["bnb-nf4"]["servable_reason"]
     assert rows["w8a8-int8"]["kld_mean"] is not None

@@ -54,8 +54,8 @@ def _vllm_processes() -> set[int]:
 
 
 @pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    from quantserve.quantize.model_fetch import ensure_default_model
+def live(tmp_path_factory: pytest.TempPathFactory, machine_probe: dict) -> Iterator[LiveStack]:
+    from quantserve.model_fetch import ensure_default_model
 
     model_dir = ensure_default_model()
     tmp: Path = tmp_path_factory.mktemp("serve-live")

@@ -15,9 +15,11 @@ pytestmark = pytest.mark.serve
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
-def test_models_lists_the_served_model(live):
-    models = [m.id for m in live.client().models.list()]
-    assert models == live.stack.models == [live.model]
+def test_models_lists_the_served_model_with_the_probes_dtype(live, machine_probe):
+    cards = live.client().models.list().data
+    assert [m.id for m in cards] == live.stack.models == [live.model]
+    full = machine_probe["verdicts"]["full"]
+    assert cards[0].model_extra == {"format": "full", "dtype": full["dtype"], "dtype_from": "probe"}
 
 
 def test_chat(live):

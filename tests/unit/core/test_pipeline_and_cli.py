@@ -2,26 +2,29 @@ from __future__ import annotations
 
 from quantserve.pipeline import _pick_served
 from tests.conftest import run_cli
+from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, checkpoint_folder
 from tests.unit.quantize.test_manifest import make_manifest
 
 
-def test_run_hosts_servable_variants_8bit_first_within_the_engine_budget(tmp_path):
-    for name, bits, ok in (("m-gptq", 4, True), ("m-w8a8", 8, True), ("m-nf4", 4, False)):
-        (tmp_path / name).mkdir()
-        make_manifest(name=name, bits=bits, servable_here=ok, servable_reason="ok" if ok else "no bnb").write(
-            tmp_path / name)
-    chosen, skipped = _pick_served(tmp_path, max_engines=2)
+def test_run_hosts_what_the_probe_runs_8bit_first_within_the_engine_budget(tmp_path):
+    # The manifests claim the opposite of the probe: the machine at hand decides, not where it was quantized.
+    for name, fmt, bits, claimed in (("m-gptq", "w4a16-int4", 4, True), ("m-w8a8", "w8a8-int8", 8, False),
+                                     ("m-nf4", "bnb-nf4", 4, False)):
+        make_manifest(name=name, bits=bits, servable_here=claimed).write(checkpoint_folder(tmp_path / name, fmt))
+    chosen, skipped = _pick_served(tmp_path, max_engines=2, probe=AVX2_LIKE)
     assert chosen == ["m-w8a8"]
-    assert any(s.startswith("m-nf4: no bnb") for s in skipped)
-    assert any(s.startswith("m-gptq: over the engine budget") for s in skipped)
-    chosen, _ = _pick_served(tmp_path, max_engines=3)
-    assert chosen == ["m-w8a8", "m-gptq"]
+    assert skipped["m-gptq"].startswith("W4A16 INT4 does not run on this machine")
+    assert skipped["m-nf4"].startswith("over the engine budget")
+    chosen, skipped = _pick_served(tmp_path, max_engines=6, probe=AVX2_LIKE)
+    assert chosen == ["m-w8a8", "m-nf4"] and list(skipped) == ["m-gptq"]
+    chosen, skipped = _pick_served(tmp_path, max_engines=6, probe=AMX_LIKE)
+    assert chosen == ["m-w8a8", "m-gptq", "m-nf4"] and not skipped
 
 
 def test_help_lists_every_stage_command():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for command in ("quantize", "variants", "model", "serve", "keys", "usage", "eval", "report", "run"):
+    for command in ("quantize", "variants", "model", "serve", "keys", "usage", "eval", "report", "run", "probe"):
         assert command in proc.stdout, command
 
 

@@ -12,7 +12,8 @@ SOURCE = "smol"
 GPTQ = "smol-gptq-w4a16"
 AWQ = "smol-awq-w4a16"  # served, but every request fails
 NF4 = "smol-bnb-nf4"  # not servable here
-NF4_REASON = "bitsandbytes needs a CUDA GPU; vLLM on CPU cannot load it"
+NF4_REASON = "bitsandbytes needs a CUDA GPU; vLLM on CPU cannot load it"  # the manifest's, where it was built
+NF4_NOT_SERVED = "bitsandbytes NF4 does not run on this machine (bfloat16: start failed: AssertionError)"
 SOURCE_BYTES = 270_000_000
 
 
@@ -87,6 +88,10 @@ def write_run(run_dir: Path, variants_dir: Path | None, gpu: str | None = "cpu-2
         "slo": {"ttft_p99_ms": 500.0}, "gpu": gpu,
         "variants_dir": str(variants_dir) if variants_dir else None,
         "source_model": SOURCE, "models": list(results), "results": results, "notes": [],
+        "serving": {SOURCE: {"format": "full", "dtype": "float32", "dtype_from": "probe"},
+                    GPTQ: {"format": "w4a16-int4", "dtype": "bfloat16", "dtype_from": "probe"},
+                    AWQ: {"format": "w4a16-int4", "dtype": "bfloat16", "dtype_from": "config"}},
+        "not_served": {NF4: NF4_NOT_SERVED},
     }
     (run_dir / "eval.json").write_text(json.dumps(doc))
     return run_dir

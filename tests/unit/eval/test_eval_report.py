@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from eval_fixtures import AWQ, GPTQ, NF4, NF4_REASON, SOURCE, SOURCE_BYTES, write_manifests, write_run
+from eval_fixtures import AWQ, GPTQ, NF4, NF4_NOT_SERVED, NF4_REASON, SOURCE, SOURCE_BYTES, write_manifests, write_run
 
 from quantserve.errors import UserError
 from quantserve.eval.report import ReportConstraints, build_report, make_report
@@ -67,9 +67,10 @@ def test_numbers_come_from_the_records_and_manifests(run: Path):
 def test_unmeasured_variants_have_null_speed_with_the_reason(run: Path):
     report = make_report(run)
     nf4 = report.variant(NF4)
-    assert not nf4.servable_here and nf4.servable_reason == NF4_REASON
+    # what serving on this machine said, not the manifest's verdict from where it was quantized
+    assert not nf4.servable_here and nf4.servable_reason == NF4_NOT_SERVED != NF4_REASON
     assert (nf4.latency, nf4.throughput, nf4.cost, nf4.goodput_rps) == (None, None, None, None)
-    assert nf4.unavailable_reason == NF4_REASON
+    assert nf4.unavailable_reason == NF4_NOT_SERVED
     assert nf4.quality.ppl == 12.6  # quality from the manifest still shows
     awq = report.variant(AWQ)  # served, but every request failed: nothing invented
     assert awq.latency is None and awq.cost is None
@@ -89,8 +90,11 @@ def test_markdown_starts_with_the_summary_table_and_carries_the_grid_note(run: P
     # bits, MB, size ratio, PPL ratio, KLD, top-1, task acc, recovery, TTFT p50/p99, TPOT p50, tok/s
     assert "| 4 | 100.0 | 0.370 | 1.042 | 0.0500 | 0.900 | 0.60 | 0.75 | 100 | 100 | 100.0 | 40.0 |" \
         in gptq_line
+    assert gptq_line.endswith("| yes (bfloat16) |")  # the dtype its engine ran in
     nf4_line = next(line for line in first_section.splitlines() if line.startswith(f"| {NF4} |"))
-    assert nf4_line.endswith(f"| – | – | – | – | – | no: {NF4_REASON} |")
+    assert nf4_line.endswith(f"| – | – | – | – | – | no: {NF4_NOT_SERVED} |")
+    assert "gptq" in md and "ran in the dtype `quantserve probe` measured fastest" in md
+    assert "bfloat16 (set in the serve config)" in md  # awq's dtype was the user's choice
     # wherever quality numbers are shown, the source-grid caveat is beside them
     for section in ("Summary", "Recommendation", "Quality"):
         body = next(s for s in md.split("\n## ") if s.startswith(section))

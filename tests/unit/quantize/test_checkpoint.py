@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 
-from quantserve.quantize.checkpoint import cpu_serving_dtype, weight_bits
+from quantserve.checkpoint import checkpoint_format, weight_bits
 
 
 def _write(folder, quantization_config=None):
+    folder.mkdir(exist_ok=True)
     cfg = {"model_type": "llama"}
     if quantization_config:
         cfg["quantization_config"] = quantization_config
@@ -13,19 +14,27 @@ def _write(folder, quantization_config=None):
     return folder
 
 
-def test_w4a16_checkpoints_are_served_in_bf16_on_cpu(tmp_path):
-    folder = _write(tmp_path, {"quant_method": "compressed-tensors", "config_groups": {
+def test_compressed_tensors_formats_come_from_bits_and_activations(tmp_path):
+    w4 = _write(tmp_path / "w4", {"quant_method": "compressed-tensors", "config_groups": {
         "group_0": {"weights": {"num_bits": 4, "group_size": 64}, "input_activations": None}}})
-    assert weight_bits(folder) == (4, False)
-    assert cpu_serving_dtype(folder) == "bfloat16"
-
-
-def test_w8a8_and_full_precision_stay_in_fp32(tmp_path):
-    w8a8 = _write(tmp_path, {"quant_method": "compressed-tensors", "config_groups": {
+    assert weight_bits(w4) == (4, False)
+    assert checkpoint_format(w4) == "w4a16-int4"
+    w8a8 = _write(tmp_path / "w8a8", {"quant_method": "compressed-tensors", "config_groups": {
         "group_0": {"weights": {"num_bits": 8}, "input_activations": {"num_bits": 8, "dynamic": True}}}})
     assert weight_bits(w8a8) == (8, True)
-    assert cpu_serving_dtype(w8a8) == "float32"
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    assert weight_bits(_write(plain)) == (None, False)
-    assert cpu_serving_dtype(plain) == "float32"
+    assert checkpoint_format(w8a8) == "w8a8-int8"
+    w8a16 = _write(tmp_path / "w8a16", {"quant_method": "compressed-tensors", "config_groups": {
+        "group_0": {"weights": {"num_bits": 8}, "input_activations": None}}})
+    assert checkpoint_format(w8a16) == "other:compressed-tensors-w8"
+
+
+def test_full_precision_bitsandbytes_and_unknown_methods(tmp_path):
+    plain = _write(tmp_path / "plain")
+    assert weight_bits(plain) == (None, False)
+    assert checkpoint_format(plain) == "full"
+    assert checkpoint_format(tmp_path / "no-such-folder") == "full"
+    assert checkpoint_format(_write(tmp_path / "nf4", {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                                       "bnb_4bit_quant_type": "nf4"})) == "bnb-nf4"
+    assert checkpoint_format(_write(tmp_path / "i8", {"quant_method": "bitsandbytes",
+                                                      "load_in_8bit": True})) == "bnb-int8"
+    assert checkpoint_format(_write(tmp_path / "fp8", {"quant_method": "fp8"})) == "other:fp8"

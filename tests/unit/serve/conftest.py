@@ -62,12 +62,13 @@ def make_gateway(
         routes: dict[str, list[str]] | None = None,
         auth: bool = True,
         key_kwargs: dict[str, Any] | None = None,
+        model_info: dict[str, dict[str, str | None]] | None = None,
         **overrides: Any,
     ) -> Gateway:
         db_url = f"sqlite:///{tmp_path / f'gateway-{len(started)}.db'}"
         settings = {"health_interval_s": 0.2, **overrides}
         config = ServeConfig(port=free_port(), auth=auth, database_url=db_url, **settings)
-        thread = GatewayThread(config, routes if routes is not None else {FAKE_MODEL: [server.url]})
+        thread = GatewayThread(config, routes if routes is not None else {FAKE_MODEL: [server.url]}, model_info)
         thread.start()
         started.append(thread)
         key = KeyStore(db_url).create("test-key", **(key_kwargs or {}))[1] if auth else None

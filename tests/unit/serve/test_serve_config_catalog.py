@@ -12,6 +12,7 @@ from quantserve.quantize.manifest import Manifest, SourceInfo
 from quantserve.serve.catalog import resolve_catalog
 from quantserve.serve.config import EXAMPLE_CONFIG, ServeConfig, build_config, load_config
 from quantserve.serve.engines import EngineSpec, build_engine_specs
+from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -78,100 +79,114 @@ def hf_folder(path: Path) -> Path:
     return path
 
 
-def variant(root: Path, name: str, source: Path, servable: bool, reason: str = "") -> Path:
-    folder = hf_folder(root / name)
+def variant(root: Path, name: str, source: Path, fmt: str, claimed: bool = True) -> Path:
+    """A variant folder of checkpoint format `fmt` whose manifest claims `claimed` (its quantize-time verdict)."""
+    folder = checkpoint_folder(root / name, fmt)
     Manifest(
-        name=name, variant=name.split("-", 3)[-1], method="m", scheme="s", bits=8, format="compressed-tensors",
+        name=name, variant=name.split("-", 2)[-1], method="m", scheme="s", bits=8, format="compressed-tensors",
         recipe={}, recipe_hash="h", source=SourceInfo(model="src", path=str(source), sha256="x", weight_bytes=1),
         versions={}, wall_time_s=1.0, peak_rss_bytes=1, weight_bytes=1, size_ratio=0.5,
-        vllm_loadable=True, servable_here=servable, servable_reason=reason, created_at="now",
+        vllm_loadable=True, servable_here=claimed, servable_reason="verified elsewhere", created_at="now",
         quantserve_version="0",
     ).write(folder)
     return folder
 
 
-INT4_REASON = "this CPU's vLLM kernel library (AVX2) has no 4-bit GEMM"
+def on(probe):
+    return lambda: probe
+
+
+def no_probe():
+    raise AssertionError("the probe was not needed here")
 
 
 @pytest.fixture
 def variants_dir(tmp_path):
     source = hf_folder(tmp_path / "models" / "tiny-src")
     root = tmp_path / "variants"
-    variant(root, "tiny-src-w8a8-int8", source, True)
-    variant(root, "tiny-src-gptq-w4a16", source, False, INT4_REASON)
-    variant(root, "tiny-src-awq-w4a16", source, False, INT4_REASON)
+    variant(root, "tiny-src-w8a8-int8", source, "w8a8-int8", claimed=False)
+    variant(root, "tiny-src-gptq-w4a16", source, "w4a16-int4")
+    variant(root, "tiny-src-awq-w4a16", source, "w4a16-int4")
     (root / ".tmp-build").mkdir()
     return root
 
 
-def test_whole_folder_skips_unservable_with_a_warning_and_adds_the_source(variants_dir, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cpu")
-    catalog = resolve_catalog(load_config(variants_dir=variants_dir))
-    assert catalog.names() == ["tiny-src-w8a8-int8", "tiny-src"]
+def test_whole_folder_skips_what_the_probe_cannot_run_and_adds_the_source(variants_dir):
+    catalog = resolve_catalog(load_config(variants_dir=variants_dir), on(AVX2_LIKE))
+    assert catalog.names() == ["tiny-src-w8a8-int8", "tiny-src"]  # the manifest's "no" is not what decides
     assert [m.origin for m in catalog.models] == ["variant", "source"]
-    assert len(catalog.warnings) == 2
-    assert all(INT4_REASON in w and "tiny-src-w8a8-int8" in w for w in catalog.warnings)
+    assert len(catalog.warnings) == 2 and set(catalog.skipped) == {"tiny-src-gptq-w4a16", "tiny-src-awq-w4a16"}
+    assert all(NO_INT4 in w and "tiny-src-w8a8-int8" in w for w in catalog.warnings)
+    assert [(m.format, m.dtype, m.dtype_from) for m in catalog.models] == [("w8a8-int8", "float32", "probe"),
+                                                                           ("full", "float32", "probe")]
 
 
-def test_naming_an_unservable_variant_is_refused_with_reason_and_alternatives(variants_dir, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cpu")
+def test_naming_a_variant_the_probe_cannot_run_is_refused_with_reason_and_alternatives(variants_dir):
     config = load_config(variants_dir=variants_dir, model_refs=["tiny-src-gptq-w4a16"])
     with pytest.raises(UserError) as err:
-        resolve_catalog(config)
+        resolve_catalog(config, on(AVX2_LIKE))
     message = str(err.value)
-    assert "tiny-src-gptq-w4a16" in message and INT4_REASON in message
+    assert "tiny-src-gptq-w4a16" in message and "W4A16 INT4 does not run on this machine" in message
     assert "tiny-src-w8a8-int8" in message and "tiny-src (source)" in message
-    with pytest.raises(UserError, match="no 4-bit GEMM"):  # the folder given as a path: named too
-        resolve_catalog(load_config(model_refs=[str(variants_dir / "tiny-src-awq-w4a16")]))
+    with pytest.raises(UserError, match="cpu_gemm_wna16"):  # the folder given as a path: named too
+        resolve_catalog(load_config(model_refs=[str(variants_dir / "tiny-src-awq-w4a16")]), on(AVX2_LIKE))
 
 
-def test_naming_servable_variants_hosts_only_those(variants_dir, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cpu")
-    catalog = resolve_catalog(load_config(variants_dir=variants_dir, model_refs=["tiny-src-w8a8-int8"]))
+def test_naming_runnable_variants_hosts_only_those(variants_dir):
+    catalog = resolve_catalog(load_config(variants_dir=variants_dir, model_refs=["tiny-src-w8a8-int8"]),
+                              on(AVX2_LIKE))
     assert catalog.names() == ["tiny-src-w8a8-int8", "tiny-src"]
     assert not catalog.warnings
 
 
-def test_cuda_hosts_what_vllm_loads(variants_dir, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cuda")
-    catalog = resolve_catalog(load_config(variants_dir=variants_dir))
-    assert len(catalog.names()) == 4
+def test_where_the_probe_runs_int4_every_variant_is_hosted_in_its_fastest_dtype(variants_dir):
+    catalog = resolve_catalog(load_config(variants_dir=variants_dir), on(AMX_LIKE))
+    assert len(catalog.names()) == 4 and not catalog.skipped
+    assert {m.dtype for m in catalog.models} == {"bfloat16"}
 
 
-def test_plain_folder_and_missing_things(tmp_path, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cpu")
+def test_an_explicit_dtype_wins_and_is_reported_as_the_users_choice(variants_dir):
+    catalog = resolve_catalog(load_config(variants_dir=variants_dir, engine={"dtype": "float16"}), on(AMX_LIKE))
+    assert {(m.dtype, m.dtype_from) for m in catalog.models} == {("float16", "config")}
+    assert "set in the serve config" in catalog.models[0].dtype_reason
+
+
+def test_plain_folder_and_missing_things(tmp_path):
     folder = hf_folder(tmp_path / "my-model")
-    assert resolve_catalog(load_config(model_refs=[str(folder)])).names() == ["my-model"]
+    assert resolve_catalog(load_config(model_refs=[str(folder)]), on(AVX2_LIKE)).names() == ["my-model"]
+    nf4 = checkpoint_folder(tmp_path / "my-nf4", "bnb-nf4")  # a bitsandbytes folder without a manifest
+    (model,) = resolve_catalog(load_config(model_refs=[str(nf4)]), on(AVX2_LIKE)).models
+    assert (model.format, model.dtype) == ("bnb-nf4", "bfloat16")
     with pytest.raises(UserError, match="variants folder not found"):
-        resolve_catalog(load_config(variants_dir=tmp_path / "nope"))
+        resolve_catalog(load_config(variants_dir=tmp_path / "nope"), no_probe)
     with pytest.raises(UserError, match="not-a-thing"):
-        resolve_catalog(load_config(model_refs=["not-a-thing"]))
+        resolve_catalog(load_config(model_refs=["not-a-thing"]), no_probe)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="nothing to serve"):
-        resolve_catalog(load_config(variants_dir=empty))
+        resolve_catalog(load_config(variants_dir=empty), no_probe)
 
 
-def test_config_models_with_external_upstreams(tmp_path, monkeypatch):
-    monkeypatch.setattr("quantserve.serve.catalog.resolve_device", lambda _s: "cpu")
+def test_config_models_with_external_upstreams(tmp_path):
     config = load_config(write_yaml(tmp_path / "serve.yaml", {"models": [
         {"name": "remote", "upstreams": ["http://10.0.0.1:8000/v1/", "http://10.0.0.2:8000"]},
         {"name": "local", "path": str(hf_folder(tmp_path / "local")), "replicas": 2},
     ]}))
-    catalog = resolve_catalog(config)
+    catalog = resolve_catalog(config, on(AVX2_LIKE))
     remote, _local = catalog.models
+    assert remote.dtype is None and _local.dtype == "float32"
     assert remote.upstreams == ("http://10.0.0.1:8000", "http://10.0.0.2:8000") and remote.path is None
     specs = build_engine_specs(catalog.models, config.engine, "cpu")
-    assert [(s.name, s.replica) for s in specs] == [("local", 0), ("local", 1)]
+    assert [(s.name, s.replica, s.dtype) for s in specs] == [("local", 0, "float32"), ("local", 1, "float32")]
     assert specs[0].port != specs[1].port
 
 
 def test_engine_command_line_per_device(tmp_path):
     settings = load_config().engine
-    cpu = EngineSpec(name="m", model=str(tmp_path), port=8100, device="cpu", settings=settings)
+    cpu = EngineSpec(name="m", model=str(tmp_path), port=8100, device="cpu", settings=settings, dtype="bfloat16")
     cmd = cpu.command()
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert cmd[cmd.index("--dtype") + 1] == "float32" and "--enforce-eager" in cmd
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16" and "--enforce-eager" in cmd
     assert cmd[cmd.index("--served-model-name") + 1] == "m" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     env = cpu.environment()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["HF_HUB_OFFLINE"] == "1"

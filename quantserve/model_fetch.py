@@ -12,7 +12,7 @@ from pathlib import Path
 
 from quantserve.errors import UserError
 from quantserve.paths import models_dir, state_dir
-from quantserve.quantize.progress import step
+from quantserve.progress import step
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # The GGUF of SmolLM2-135M-Instruct inside this wheel is the one model this project can get without a hub.

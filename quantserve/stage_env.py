@@ -29,7 +29,7 @@ def quant_python() -> str:
     candidate = REPO_ROOT / ".venv-quant" / "bin" / "python"
     if candidate.exists():
         return str(candidate)
-    raise UserError("the quantization libraries are not installed here: run `make .venv-quant` "
+    raise UserError("the quantization libraries are not installed here: run `make install` "
                     "(or set QUANTSERVE_QUANT_PYTHON to a Python that has llmcompressor and bitsandbytes)")
 
 

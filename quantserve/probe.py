@@ -1,0 +1,252 @@
+"""`quantserve probe`: which checkpoint formats run on this machine, in which dtype, and how fast.
+
+Which dtype is fastest, and whether a format runs at all, depends on the CPU (AVX2 has no 4-bit kernel and
+emulates bf16; AMX sends W8A8 to a kernel that takes no fp32) or the GPU. So it is measured, never assumed:
+for each format (a small checkpoint of the embedded default model) and each candidate dtype a real vLLM
+engine starts, answers a one-token smoke test, then times a greedy decode at batch 1 and batch 16.
+
+The result is cached under the state dir by machine fingerprint (CPU/GPU, vLLM and torch builds) and probe
+version; serving picks each engine's dtype from it, and decides there whether a variant runs here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from quantserve.checkpoint import FORMATS, checkpoint_format
+from quantserve.device import Device
+from quantserve.errors import UserError
+from quantserve.machine import Machine, this_machine
+from quantserve.paths import state_dir
+from quantserve.progress import say
+
+PROBE_VERSION = 2  # bump when what a trial measures changes: older caches are then re-probed
+CANDIDATE_DTYPES: dict[Device, tuple[str, ...]] = {"cpu": ("bfloat16", "float32"), "cuda": ("bfloat16", "float16")}
+BATCHES = (1, 16)
+DECODE_TOKENS = 24
+TRIAL_TIMEOUT_S = 300.0
+
+
+class Trial(BaseModel):
+    format: str
+    dtype: str
+    runs: bool
+    reason: str = ""  # why not, when it does not run
+    start_s: float | None = None
+    tok_s: dict[str, float] = Field(default_factory=dict)  # batch size -> output tokens/s
+
+    @property
+    def score(self) -> float:
+        """Geometric mean of the tok/s at each batch: one dtype must not win on one load and lose badly on the
+        other without that showing."""
+        if not self.runs or not self.tok_s:
+            return 0.0
+        return math.exp(sum(math.log(max(v, 1e-9)) for v in self.tok_s.values()) / len(self.tok_s))
+
+
+class Verdict(BaseModel):
+    """What serving does with one checkpoint format on this machine."""
+
+    format: str
+    runs: bool | None  # None: the probe does not measure this format
+    dtype: str | None  # fastest dtype that runs
+    reason: str
+
+
+class ProbeResult(BaseModel):
+    probe_version: int = PROBE_VERSION
+    machine: Machine
+    model: str  # what the trials ran on
+    probed_at: str
+    wall_time_s: float
+    trials: list[Trial]
+
+    def best(self, fmt: str) -> Trial | None:
+        running = [t for t in self.trials if t.format == fmt and t.runs]
+        return max(running, key=lambda t: t.score) if running else None
+
+    def verdict(self, fmt: str) -> Verdict:
+        tried = [t for t in self.trials if t.format == fmt]
+        if not tried:
+            return Verdict(format=fmt, runs=None, dtype=None,
+                           reason=f"format {fmt} is not one the probe measures")
+        best = self.best(fmt)
+        label = FORMATS.get(fmt, fmt)  # type: ignore[call-overload]
+        if best is None:
+            why = "; ".join(f"{t.dtype}: {t.reason}" for t in tried)
+            return Verdict(format=fmt, runs=False, dtype=None,
+                           reason=f"{label} does not run on this machine ({why})")
+        others = "; ".join(f"{t.dtype} {_speeds(t) if t.runs else 'fails: ' + t.reason}"
+                           for t in tried if t is not best)
+        return Verdict(format=fmt, runs=True, dtype=best.dtype,
+                       reason=f"{label} runs here; fastest in {best.dtype} ({_speeds(best)})"
+                              + (f"; {others}" if others else ""))
+
+    def verdict_for(self, model_dir: str | Path) -> Verdict:
+        """The verdict for a checkpoint folder. A format the probe does not measure is tried (the engine's
+        smoke test decides) in the dtype measured fastest for full precision."""
+        fmt = checkpoint_format(Path(model_dir))
+        v = self.verdict(fmt)
+        if v.runs is None:
+            full = self.verdict("full")
+            return Verdict(format=fmt, runs=None, dtype=full.dtype,
+                           reason=f"{v.reason}; tried in {full.dtype}, the fastest full-precision dtype here")
+        return v
+
+    def runnable_formats(self) -> list[str]:
+        return [fmt for fmt in FORMATS if self.best(fmt) is not None]
+
+
+def _speeds(t: Trial) -> str:
+    return ", ".join(f"{v:.1f} tok/s at batch {b}" for b, v in t.tok_s.items())
+
+
+def cache_path(machine: Machine) -> Path:
+    return state_dir() / "probe" / f"{machine.key()}-v{PROBE_VERSION}.json"
+
+
+def cached(machine: Machine | None = None) -> ProbeResult | None:
+    """The probe of this machine (same fingerprint and probe version), or None when it was never probed."""
+    path = cache_path(machine or this_machine())
+    if not path.is_file():
+        return None
+    try:
+        return ProbeResult.model_validate_json(path.read_text())
+    except ValueError:
+        return None  # a cache from an incompatible build: probe again
+
+
+def ensure_probe(device: Device | None = None, force: bool = False,
+                 formats: tuple[str, ...] = tuple(FORMATS)) -> ProbeResult:
+    """The cached probe of this machine, or a fresh one (a few minutes; a line per trial)."""
+    machine = this_machine(device)
+    if not force and (found := cached(machine)) is not None:
+        return found
+    if machine.vllm is None:
+        raise UserError("vLLM is not installed in this environment; the probe runs in the serving environment "
+                        "(.venv, `make install`)")
+    say(f"probing this machine: {machine.summary()}")
+    started = time.perf_counter()
+    model, checkpoints, trials = _prepare(machine, formats, force)
+    trials += run_trials(checkpoints, CANDIDATE_DTYPES[machine.device], machine.device)
+    order = {fmt: i for i, fmt in enumerate(FORMATS)}
+    trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype))
+    result = ProbeResult(machine=machine, model=model, probed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                         wall_time_s=round(time.perf_counter() - started, 1), trials=trials)
+    path = cache_path(machine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(result.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path)
+    say(f"probe done in {result.wall_time_s:.0f}s; cached at {path}")
+    return result
+
+
+def _prepare(machine: Machine, formats: tuple[str, ...], force: bool) -> tuple[str, dict[str, Path], list[Trial]]:
+    """The probe checkpoints (built once, in the quantization environment) and a failed trial for each format
+    whose checkpoint could not be built."""
+    from quantserve.model_fetch import DEFAULT_MODEL, ensure_default_model
+    from quantserve.stage_env import quant_python
+
+    source = ensure_default_model()
+    root = state_dir() / "probe" / "checkpoints" / DEFAULT_MODEL
+    checkpoints: dict[str, Path] = {"full": source} if "full" in formats else {}
+    missing = [f for f in formats if f != "full" and (force or not (root / f / "config.json").is_file())]
+    failed: list[Trial] = []
+    why = ""
+    if missing:
+        try:
+            python = quant_python()
+        except UserError as err:
+            python, why = None, str(err)
+        if python is not None:
+            say(f"building probe checkpoints of {DEFAULT_MODEL}: {', '.join(missing)} (data-free, seconds each)")
+            proc = subprocess.run([python, "-m", "quantserve.quantize.probe_checkpoints", str(source), str(root),
+                                   *missing], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            why = f"building its probe checkpoint failed (exit {proc.returncode}); its log is above"
+    for fmt in formats:
+        if fmt == "full":
+            continue
+        if (root / fmt / "config.json").is_file():
+            checkpoints[fmt] = root / fmt
+        else:
+            failed += [Trial(format=fmt, dtype=d, runs=False, reason=f"not probed: {why}")
+                       for d in CANDIDATE_DTYPES[machine.device]]
+    return DEFAULT_MODEL, checkpoints, failed
+
+
+def run_trials(checkpoints: dict[str, Path], dtypes: tuple[str, ...], device: Device) -> list[Trial]:
+    """Every (format, dtype) pair in trial processes of the serving environment. A trial that takes its process
+    down is recorded as failed and the rest go on in a fresh process."""
+    from quantserve.stage_env import serve_python
+
+    python = serve_python()
+    if python is None:
+        raise UserError("vLLM is not installed in any environment found (run `make install`)")
+    plan = [{"format": f, "dtype": d, "path": str(p)} for f, p in checkpoints.items() for d in dtypes]
+    logs = Path(tempfile.mkdtemp(prefix="probe-", dir=state_dir() / "probe"))
+    done: list[Trial] = []
+    while len(done) < len(plan):
+        pending = plan[len(done):]
+        spec = logs / "spec.json"
+        spec.write_text(json.dumps({"trials": pending, "first": len(done) + 1, "total": len(plan),
+                                    "device": device, "batches": list(BATCHES), "decode_tokens": DECODE_TOKENS,
+                                    "logs": str(logs)}))
+        results = logs / "results.jsonl"
+        results.unlink(missing_ok=True)
+        proc = subprocess.Popen([python, "-m", "quantserve.probe_trials", str(spec), str(results)],
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait(timeout=TRIAL_TIMEOUT_S * len(pending))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code = None
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        got = [Trial.model_validate_json(line) for line in results.read_text().splitlines()] \
+            if results.is_file() else []
+        done += got
+        if len(done) < len(plan) and len(got) < len(pending):
+            t = pending[len(got)]
+            how = "timed out" if code is None else f"died (exit {code})"
+            say(f"  probe process {how} during {t['format']} in {t['dtype']}; going on with the rest")
+            done.append(Trial(format=t["format"], dtype=t["dtype"], runs=False,
+                              reason=f"the trial process {how}; see {logs}"))
+    return done
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def table_rows(result: ProbeResult) -> list[dict[str, str]]:
+    """format x dtype -> runs or why not, tok/s at each batch; the chosen dtype marked."""
+    rows = []
+    for t in result.trials:
+        best = result.best(t.format)
+        rows.append({
+            "format": FORMATS.get(t.format, t.format),  # type: ignore[call-overload]
+            "dtype": t.dtype + (" *" if best is t else ""),
+            "runs": "yes" if t.runs else f"no: {t.reason}",
+            **{f"tok/s @{b}": f"{t.tok_s[str(b)]:.1f}" if str(b) in t.tok_s else "–" for b in BATCHES},
+            "start s": f"{t.start_s:.0f}" if t.start_s is not None else "–",
+        })
+    return rows
+
+
+ProbeProvider = Callable[[], ProbeResult]

