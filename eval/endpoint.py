@@ -29,10 +29,6 @@ class Endpoint:
         return f"{self.base_url}/v1/{path.lstrip('/')}"
 
 
-async def served_models(client: httpx.AsyncClient, endpoint: Endpoint) -> list[str]:
-    return [card["id"] for card in await model_cards(client, endpoint)]
-
-
 async def model_cards(client: httpx.AsyncClient, endpoint: Endpoint) -> list[dict]:
     """The /v1/models entries as the server wrote them (quantserve's gateway adds format, dtype, dtype_from)."""
     url = endpoint.url("models")
@@ -53,15 +49,16 @@ async def model_cards(client: httpx.AsyncClient, endpoint: Endpoint) -> list[dic
         raise UserError(f"{url} did not return an OpenAI model list") from None
 
 
-async def check_models(client: httpx.AsyncClient, endpoint: Endpoint, wanted: list[str]) -> list[str]:
-    """The models to measure: `wanted`, each verified to be served, or every served model."""
-    served = await served_models(client, endpoint)
+async def check_models(client: httpx.AsyncClient, endpoint: Endpoint, wanted: list[str]) -> list[dict]:
+    """The /v1/models cards of the models to measure: `wanted`, each verified to be served, or every one."""
+    cards = await model_cards(client, endpoint)
     if not wanted:
-        if not served:
+        if not cards:
             raise UserError(f"{endpoint.url('models')} lists no models")
-        return served
-    missing = [m for m in wanted if m not in served]
+        return cards
+    by_id = {card["id"]: card for card in cards}
+    missing = [m for m in wanted if m not in by_id]
     if missing:
         raise UserError(f"model(s) {', '.join(missing)} not served at {endpoint.base_url}; "
-                        f"served: {', '.join(served) or 'none'}")
-    return wanted
+                        f"served: {', '.join(by_id) or 'none'}")
+    return [by_id[m] for m in wanted]

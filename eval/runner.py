@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 import quantserve
 from quantserve.errors import UserError
-from quantserve.eval.endpoint import Endpoint, check_models, model_cards
+from quantserve.eval.endpoint import Endpoint, check_models
 from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, parse_sweep, run_point
 from quantserve.eval.metrics import compute_metrics
 from quantserve.eval.prices import HardwareRow, load_price_table
@@ -177,10 +177,10 @@ async def run_eval_async(cfg: EvalConfig) -> Path:
     clock = RunClock()
     started = time.monotonic()
     async with make_client(plan.limits) as client:
-        models = await check_models(client, plan.endpoint, cfg.models)
-        # What each model runs as (the gateway's extra /v1/models fields; empty for other servers).
-        serving = {c["id"]: {k: c.get(k) for k in ("format", "dtype", "dtype_from")}
-                   for c in await model_cards(client, plan.endpoint) if c["id"] in models}
+        cards = await check_models(client, plan.endpoint, cfg.models)
+        models = [c["id"] for c in cards]
+        # What each model runs as (the gateway's extra /v1/models fields; None for other servers).
+        serving = {c["id"]: {k: c.get(k) for k in ("format", "dtype", "dtype_from")} for c in cards}
         if cfg.source_model and cfg.source_model not in models:
             raise UserError(f"--source-model {cfg.source_model} is not among the measured models: "
                             f"{', '.join(models)}")

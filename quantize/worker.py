@@ -129,19 +129,30 @@ def quiet_libraries() -> None:
         return
     os.environ["TQDM_DISABLE"] = "1"
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    seen: set[str] = set()
+
+    def first_time(message: str) -> bool:
+        if message in seen:
+            return False
+        seen.add(message)
+        return True
+
+    # bitsandbytes logs one warning per matmul call ("MatMul8bitLt: inputs will be cast ..."): once is enough.
+    once = logging.StreamHandler(sys.stderr)
+    once.addFilter(lambda record: first_time(record.getMessage()))
+    once.setFormatter(logging.Formatter("[quantserve]   %(levelname)s: %(message)s"))
+    bnb_logger = logging.getLogger("bitsandbytes")
+    bnb_logger.addHandler(once)
+    bnb_logger.propagate = False
     try:
         import llmcompressor  # noqa: F401  (it installs its own sinks at import; replace them after)
         from loguru import logger
     except ImportError:
         return
-    warned: set[str] = set()
-
     def sink(message) -> None:
         record = message.record
-        if record["level"].name in ("WARNING", "ERROR", "CRITICAL"):  # not llm-compressor's METRIC level
-            if record["message"] in warned:
-                return
-            warned.add(record["message"])
+        # not llm-compressor's METRIC level
+        if record["level"].name in ("WARNING", "ERROR", "CRITICAL") and first_time(record["message"]):
             sys.stderr.write(f"[quantserve]   {record['level'].name.lower()}: {record['message']}\n")
 
     logger.remove()

@@ -8,6 +8,7 @@ report says why; the others go on.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def run(opts: RunOptions) -> Path:
     from quantserve.serve.stack import ServeStack
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The serve stage reports through logging (engines starting, up, skipped); the other stages print lines.
+    logging.basicConfig(level=logging.WARNING, format="[quantserve] %(message)s")
+    logging.getLogger("quantserve").setLevel(logging.INFO)
     start = time.perf_counter()
 
     def stage(n: int, what: str) -> None:

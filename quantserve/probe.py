@@ -12,9 +12,11 @@ version; serving picks each engine's dtype from it, and decides there whether a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -43,6 +45,7 @@ class Trial(BaseModel):
     format: str
     dtype: str
     runs: bool
+    probed: bool = True  # False: no trial ran (its checkpoint could not be built); says nothing about the format
     reason: str = ""  # why not, when it does not run
     start_s: float | None = None
     tok_s: dict[str, float] = Field(default_factory=dict)  # batch size -> output tokens/s
@@ -78,10 +81,11 @@ class ProbeResult(BaseModel):
         return max(running, key=lambda t: t.score) if running else None
 
     def verdict(self, fmt: str) -> Verdict:
-        tried = [t for t in self.trials if t.format == fmt]
+        tried = [t for t in self.trials if t.format == fmt and t.probed]
         if not tried:
+            unprobed = next((t.reason for t in self.trials if t.format == fmt), "")
             return Verdict(format=fmt, runs=None, dtype=None,
-                           reason=f"format {fmt} is not one the probe measures")
+                           reason=unprobed or f"format {fmt} is not one the probe measures")
         best = self.best(fmt)
         label = FORMATS.get(fmt, fmt)  # type: ignore[call-overload]
         if best is None:
@@ -128,8 +132,7 @@ def cached(machine: Machine | None = None) -> ProbeResult | None:
         return None  # a cache from an incompatible build: probe again
 
 
-def ensure_probe(device: Device | None = None, force: bool = False,
-                 formats: tuple[str, ...] = tuple(FORMATS)) -> ProbeResult:
+def ensure_probe(device: Device | None = None, force: bool = False) -> ProbeResult:
     """The cached probe of this machine, or a fresh one (a few minutes; a line per trial)."""
     machine = this_machine(device)
     if not force and (found := cached(machine)) is not None:
@@ -137,16 +140,27 @@ def ensure_probe(device: Device | None = None, force: bool = False,
     if machine.vllm is None:
         raise UserError("vLLM is not installed in this environment; the probe runs in the serving environment "
                         "(.venv, `make install`)")
+    lock_path = cache_path(machine).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        # Two commands starting on a new machine at once must not probe side by side (each would measure
+        # the other's load): the second waits and takes the first one's result.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (found := cached(machine)) is not None:
+            return found
+        return _probe(machine, force)
+
+
+def _probe(machine: Machine, force: bool) -> ProbeResult:
     say(f"probing this machine: {machine.summary()}")
     started = time.perf_counter()
-    model, checkpoints, trials = _prepare(machine, formats, force)
+    model, checkpoints, trials = _prepare(machine, force)
     trials += run_trials(checkpoints, CANDIDATE_DTYPES[machine.device], machine.device)
     order = {fmt: i for i, fmt in enumerate(FORMATS)}
     trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype))
     result = ProbeResult(machine=machine, model=model, probed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                          wall_time_s=round(time.perf_counter() - started, 1), trials=trials)
     path = cache_path(machine)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(result.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
@@ -154,7 +168,7 @@ def ensure_probe(device: Device | None = None, force: bool = False,
     return result
 
 
-def _prepare(machine: Machine, formats: tuple[str, ...], force: bool) -> tuple[str, dict[str, Path], list[Trial]]:
+def _prepare(machine: Machine, force: bool) -> tuple[str, dict[str, Path], list[Trial]]:
     """The probe checkpoints (built once, in the quantization environment) and a failed trial for each format
     whose checkpoint could not be built."""
     from quantserve.model_fetch import DEFAULT_MODEL, ensure_default_model
@@ -162,8 +176,8 @@ def _prepare(machine: Machine, formats: tuple[str, ...], force: bool) -> tuple[s
 
     source = ensure_default_model()
     root = state_dir() / "probe" / "checkpoints" / DEFAULT_MODEL
-    checkpoints: dict[str, Path] = {"full": source} if "full" in formats else {}
-    missing = [f for f in formats if f != "full" and (force or not (root / f / "config.json").is_file())]
+    checkpoints: dict[str, Path] = {"full": source}
+    missing = [f for f in FORMATS if f != "full" and (force or not (root / f / "config.json").is_file())]
     failed: list[Trial] = []
     why = ""
     if missing:
@@ -176,13 +190,11 @@ def _prepare(machine: Machine, formats: tuple[str, ...], force: bool) -> tuple[s
             proc = subprocess.run([python, "-m", "quantserve.quantize.probe_checkpoints", str(source), str(root),
                                    *missing], env={**os.environ, "HF_HUB_OFFLINE": "1"})
             why = f"building its probe checkpoint failed (exit {proc.returncode}); its log is above"
-    for fmt in formats:
-        if fmt == "full":
-            continue
+    for fmt in list(FORMATS)[1:]:
         if (root / fmt / "config.json").is_file():
             checkpoints[fmt] = root / fmt
         else:
-            failed += [Trial(format=fmt, dtype=d, runs=False, reason=f"not probed: {why}")
+            failed += [Trial(format=fmt, dtype=d, runs=False, probed=False, reason=f"not probed: {why}")
                        for d in CANDIDATE_DTYPES[machine.device]]
     return DEFAULT_MODEL, checkpoints, failed
 
@@ -196,7 +208,11 @@ def run_trials(checkpoints: dict[str, Path], dtypes: tuple[str, ...], device: De
     if python is None:
         raise UserError("vLLM is not installed in any environment found (run `make install`)")
     plan = [{"format": f, "dtype": d, "path": str(p)} for f, p in checkpoints.items() for d in dtypes]
-    logs = Path(tempfile.mkdtemp(prefix="probe-", dir=state_dir() / "probe"))
+    root = state_dir() / "probe"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("trials-*"):  # the engines' logs of the last probe are kept, older ones not
+        shutil.rmtree(old, ignore_errors=True)
+    logs = Path(tempfile.mkdtemp(prefix="trials-", dir=root))
     done: list[Trial] = []
     while len(done) < len(plan):
         pending = plan[len(done):]
@@ -242,7 +258,7 @@ def table_rows(result: ProbeResult) -> list[dict[str, str]]:
         rows.append({
             "format": FORMATS.get(t.format, t.format),  # type: ignore[call-overload]
             "dtype": t.dtype + (" *" if best is t else ""),
-            "runs": "yes" if t.runs else f"no: {t.reason}",
+            "runs": "yes" if t.runs else t.reason if not t.probed else f"no: {t.reason}",
             **{f"tok/s @{b}": f"{t.tok_s[str(b)]:.1f}" if str(b) in t.tok_s else "–" for b in BATCHES},
             "start s": f"{t.start_s:.0f}" if t.start_s is not None else "–",
         })

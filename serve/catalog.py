@@ -6,7 +6,7 @@ quantized, and variants move between machines. An explicit `engine.dtype` in ser
 
 Policy for variants whose format the probe found does not run here (e.g. INT4 on an AVX2-only CPU):
 - named on purpose (`--model NAME`, a variant folder given as a path, or a serve.yaml `models:` entry):
-  refused with a UserError that gives the manifest's reason and lists what does run here;
+  refused with a UserError that gives the probe's reason and lists what does run here;
 - found by scanning `--variants DIR`: skipped with a warning line, since the user asked for "whatever is
   there" and a folder of mixed variants is the normal output of `quantserve quantize`.
 Sources (manifest `source.path`) of hosted variants are hosted too, once, as the quality and speed baseline.
@@ -125,15 +125,12 @@ def _add_variant(
     variants: list[tuple[Path, Manifest]],
     named: bool,
 ) -> None:
-    verdict = verdicts.of(folder)
-    if verdict.runs is False:
-        runs = ", ".join(runnable_here(variants, verdicts)) or "the source model"
-        message = (f"variant {manifest.name} cannot be served on this machine: {_short(verdict.reason)}. "
-                   f"Serve instead: {runs}")
+    message = _not_runnable(f"variant {manifest.name}", folder, verdicts, variants)
+    if message:
         if named:
             raise UserError(message)
         catalog.warnings.append(f"skipping {message}")
-        catalog.skipped[manifest.name] = verdict.reason
+        catalog.skipped[manifest.name] = verdicts.of(folder).reason
         return
     catalog.add(_hosted(manifest.name, str(folder.resolve()), config, verdicts, origin="variant", required=named))
     source = Path(manifest.source.path)
@@ -161,7 +158,8 @@ def _add_ref(
         raise UserError(f"--model {ref}: {err}{hint}") from None
     is_hub_id = not path.exists() and ref.count("/") == 1 and ref != DEFAULT_MODEL_NAME
     name = ref.split("/")[-1].lower() if is_hub_id else folder.name
-    _refuse_if_not_runnable(name, folder, verdicts, variants)
+    if message := _not_runnable(f"model {name} ({folder})", folder, verdicts, variants):
+        raise UserError(message)
     catalog.add(_hosted(name, str(folder), config, verdicts, origin="model"))
 
 
@@ -171,13 +169,14 @@ def _add_path(catalog: Catalog, path: Path, config: ServeConfig, verdicts: Verdi
     catalog.add(_hosted(path.name, str(path.resolve()), config, verdicts, origin=origin))
 
 
-def _refuse_if_not_runnable(name: str, path: str | Path, verdicts: Verdicts,
-                            variants: list[tuple[Path, Manifest]]) -> None:
+def _not_runnable(what: str, path: str | Path, verdicts: Verdicts,
+                  variants: list[tuple[Path, Manifest]]) -> str | None:
+    """Why `what` cannot be served here and what can, or None when the probe says its format runs here."""
     verdict = verdicts.of(path)
-    if verdict.runs is False:
-        runs = ", ".join(runnable_here(variants, verdicts)) or "a full-precision model"
-        raise UserError(f"model {name} ({path}) cannot be served on this machine: {_short(verdict.reason)}. "
-                        f"Serve instead: {runs}")
+    if verdict.runs is not False:
+        return None
+    runs = ", ".join(runnable_here(variants, verdicts)) or "a full-precision model"
+    return f"{what} cannot be served on this machine: {_short(verdict.reason)}. Serve instead: {runs}"
 
 
 def _add_spec(
@@ -191,7 +190,8 @@ def _add_spec(
         raise UserError(f"serve config: model {spec.name} needs a path (to start engines) or upstreams")
     dtype = {}
     if spec.path is not None:
-        _refuse_if_not_runnable(spec.name, spec.path, verdicts, variants)
+        if message := _not_runnable(f"model {spec.name} ({spec.path})", spec.path, verdicts, variants):
+            raise UserError(message)
         dtype = _dtype_fields(spec.path, verdicts)
     catalog.add(HostedModel(
         name=spec.name,

@@ -229,6 +229,7 @@ class Engine:
         backoff = s.restart_backoff_s
         first = True
         while not self._stop.is_set():
+            started = time.monotonic()
             self._spawn()
             ready = self._await_ready(s.startup_timeout_s)
             if self._stop.is_set():
@@ -241,6 +242,8 @@ class Engine:
                     return
                 self._set_state(EngineState.DOWN)
             else:
+                log.info("engine %s up in %.0f s (%s)", self.spec.label, time.monotonic() - started,
+                         self.spec.dtype or "auto")
                 self._set_state(EngineState.UP)
                 first = False
                 self._first_outcome.set()

@@ -80,6 +80,9 @@ class ServeStack:
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
                  ", ".join(f"{s.label}@{s.port} ({s.dtype or 'auto'})" for s in specs)
                  or "none (external upstreams only)")
+        for m in self.catalog.models:
+            if m.path is not None:
+                log.info("%s runs in %s: %s", m.name, m.dtype or "auto", m.dtype_reason)
         optional = frozenset(m.name for m in self.catalog.models if self.best_effort or not m.required)
         dropped = self.engines.start(optional=optional)
         for name, why in dropped.items():

