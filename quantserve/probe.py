@@ -63,7 +63,7 @@ class Verdict(BaseModel):
     """What serving does with one checkpoint format on this machine."""
 
     format: str
-    runs: bool | None  # None: the probe does not measure this format
+    runs: bool | None  # None: unknown (a format the probe does not measure, or its trial could not run)
     dtype: str | None  # fastest dtype that runs
     reason: str
 
@@ -108,9 +108,6 @@ class ProbeResult(BaseModel):
             return Verdict(format=fmt, runs=None, dtype=full.dtype,
                            reason=f"{v.reason}; tried in {full.dtype}, the fastest full-precision dtype here")
         return v
-
-    def runnable_formats(self) -> list[str]:
-        return [fmt for fmt in FORMATS if self.best(fmt) is not None]
 
 
 def _speeds(t: Trial) -> str:
