@@ -24,8 +24,13 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
+async def ready(request: Request, model: str | None = None) -> JSONResponse:
+    """200 while at least one model can take requests, so one engine rolling or crashing takes no gateway out of
+    a load balancer; `?model=NAME` answers for that model alone (404 for a model not served here)."""
     pools = runtime(request).pools
+    if model is not None and model not in pools:
+        raise OpenAIError(404, f"The model '{model[:200]}' does not exist here", type="invalid_request_error",
+                          param="model", code="model_not_found")
     models = {
         name: {
             "ready": pool.ready(),
@@ -34,10 +39,11 @@ async def ready(request: Request) -> JSONResponse:
             "in_flight": pool.in_flight(),
         }
         for name, pool in pools.items()
+        if model is None or name == model
     }
-    all_ready = bool(pools) and all(m["ready"] for m in models.values())
-    return JSONResponse({"status": "ready" if all_ready else "not_ready", "models": models},
-                        status_code=200 if all_ready else 503)
+    is_ready = any(m["ready"] for m in models.values())
+    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models},
+                        status_code=200 if is_ready else 503)
 
 
 @router.get("/metrics")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 FAKE_MODEL = "fake-model"
@@ -16,3 +17,12 @@ def free_port() -> int:
 
 def chat_body(text: str = "hi", **extra: Any) -> dict[str, Any]:
     return {"model": FAKE_MODEL, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

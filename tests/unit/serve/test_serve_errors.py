@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import httpx
-from serve_helpers import FAKE_MODEL, chat_body, free_port
+from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
 from quantserve.serve.keys import KeyStore
 
@@ -115,6 +115,20 @@ def test_engine_down_is_503(make_gateway):
         assert reply.headers["retry-after"]
         assert client.get("/ready").status_code == 503
         assert client.get("/health").status_code == 200
+
+
+def test_ready_is_200_while_any_model_is_ready_and_answers_per_model(make_gateway, fake_upstream):
+    server, _ = fake_upstream
+    gw = make_gateway(routes={FAKE_MODEL: [server.url], "down": [f"http://127.0.0.1:{free_port()}"]})
+    with gw.client() as client:
+        assert wait_until(lambda: not client.get("/ready").json()["models"]["down"]["ready"])
+        ready = client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"  # one engine down: still in service
+        assert ready.json()["models"][FAKE_MODEL]["ready"] is True
+        one = client.get("/ready", params={"model": "down"})
+        assert one.status_code == 503 and list(one.json()["models"]) == ["down"]
+        assert client.get("/ready", params={"model": FAKE_MODEL}).status_code == 200
+        assert_openai_error(client.get("/ready", params={"model": "nope"}), 404, "model_not_found")
 
 
 def test_engine_500_becomes_502_without_internals(make_gateway):

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import httpx
-from serve_helpers import FAKE_MODEL, chat_body, free_port
+from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 from sqlalchemy import create_engine, text
 
 from quantserve.serve.keys import KeyStore
@@ -30,15 +30,6 @@ def ledger_rows(db_url: str) -> list[dict[str, Any]]:
         rows = conn.execute(text("SELECT * FROM qs_usage ORDER BY id")).mappings().all()
     engine.dispose()
     return [dict(r) for r in rows]
-
-
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_stream_without_usage_hides_the_usage_chunk_but_meters_it(make_gateway, fake_upstream):
