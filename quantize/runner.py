@@ -108,14 +108,30 @@ def _run_worker(spec: BuildSpec, tmp: Path) -> BuildResult:
 
 
 def _gate(manifest: Manifest, opts: QuantizeOptions) -> str | None:
+    asked = [flag for flag, bar in (("--max-kld", opts.max_kld), ("--min-top1", opts.min_top1)) if bar is not None]
+    if not asked:
+        return None
     q = manifest.quality
     if q is None:
-        return None
+        # A gated run publishes only what it checked. A fresh build always has numbers (the worker measures
+        # them or fails); a reused manifest may not, e.g. one written before they were recorded.
+        return (f"{manifest.name}: no quality numbers recorded, so {' and '.join(asked)} cannot be checked "
+                "(--force rebuilds and measures them)")
     if opts.max_kld is not None and q.kld_mean > opts.max_kld:
         return f"{manifest.name}: mean KLD {q.kld_mean:.4f} is above --max-kld {opts.max_kld}"
     if opts.min_top1 is not None and q.top1_agreement < opts.min_top1:
         return f"{manifest.name}: top-1 agreement {q.top1_agreement:.3f} is below --min-top1 {opts.min_top1}"
     return None
+
+
+def _refused(manifest: Manifest, opts: QuantizeOptions, failures: list[str]) -> bool:
+    """Apply the quality gates. A reused variant goes through the same words and outcome as a fresh build:
+    reported, left out of the run's results, and the run fails at its end."""
+    gate = _gate(manifest, opts)
+    if gate:
+        failures.append(gate)
+        say(f"{manifest.name}: not published: {gate}")
+    return gate is not None
 
 
 def _raise_on_sigterm(signum, frame):
@@ -167,7 +183,8 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                 if existing and existing.recipe_hash == rhash:
                     say(f"[{i}/{len(recipes)}] {name}: same recipe and source as the published one, reused "
                         "(--force rebuilds)")
-                    done.append(existing)
+                    if not _refused(existing, opts, failures):
+                        done.append(existing)
                     continue
             say(f"[{i}/{len(recipes)}] {name}: building ({recipe.library}, {recipe.scheme}"
                 + (f", group size {group_sizes[variant]}" if group_sizes[variant] else "") + ")")
@@ -194,10 +211,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     files=file_hashes(tmp), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                     quantserve_version=__version__,
                 )
-                gate = _gate(manifest, opts)
-                if gate:
-                    failures.append(gate)
-                    say(f"{name}: not published: {gate}")
+                if _refused(manifest, opts, failures):
                     continue
                 manifest.write(tmp)
                 publish.publish(tmp, target)

@@ -33,6 +33,9 @@ class RequestRecord:
     completion_tokens: int = 0
     ttft_s: float | None = None
     prompt_text: str | None = None
+    reserved_tokens: int = 0  # set aside by the key's tokens/min limit at admission, settled at finish
+    queue_s: float = 0.0  # waiting for an engine slot
+    overhead_s: float | None = None  # time in the gateway itself: not queued for a slot, not awaiting the engine
     finished: bool = False
 
     @classmethod
@@ -69,13 +72,18 @@ class Accounting:
         m.latency.labels(model, rec.endpoint).observe(latency)
         if rec.ttft_s is not None:
             m.ttft.labels(model).observe(rec.ttft_s)
-        key_label = rec.key.name if rec.key is not None else "none"
+        # by id: a key's name is whatever its creator typed, and /metrics may be scraped by more eyes than the DB
+        key_id = rec.key.id if rec.key is not None else "none"
         if rec.prompt_tokens:
-            m.prompt_tokens.labels(model, key_label).inc(rec.prompt_tokens)
+            m.prompt_tokens.labels(model, key_id).inc(rec.prompt_tokens)
         if rec.completion_tokens:
-            m.completion_tokens.labels(model, key_label).inc(rec.completion_tokens)
+            m.completion_tokens.labels(model, key_id).inc(rec.completion_tokens)
+        if rec.overhead_s is not None:
+            m.overhead.labels(model).observe(rec.overhead_s)
         if rec.key is not None:
-            self.limiter.charge_tokens(rec.key.id, rec.prompt_tokens + rec.completion_tokens, rec.key.tpm)
+            self.limiter.settle(rec.key.id, rec.reserved_tokens, rec.prompt_tokens + rec.completion_tokens,
+                                rec.key.tpm)
+            rec.reserved_tokens = 0
         if self.ledger is not None and rec.authenticated:
             self.ledger.record(UsageRecord(
                 ts=rec.arrived,
@@ -92,6 +100,7 @@ class Accounting:
             ))
         ttft = f"{rec.ttft_s * 1000:.1f}" if rec.ttft_s is not None else "-"
         prompt = f" prompt={rec.prompt_text!r}" if self.log_prompts and rec.prompt_text else ""
+        key_label = rec.key.name if rec.key is not None else "none"
         log.info("%s model=%s key=%s status=%d stream=%s tokens=%d+%d ttft_ms=%s latency_ms=%.1f%s",
                  rec.endpoint, model, key_label, rec.status, rec.stream, rec.prompt_tokens,
                  rec.completion_tokens, ttft, latency * 1000, prompt)

@@ -12,6 +12,7 @@ from quantserve.serve.config import ServeConfig
 from quantserve.serve.errors import install_error_handlers
 from quantserve.serve.router import router
 from quantserve.serve.runtime import GatewayRuntime
+from quantserve.serve.timing import OverheadHeaderMiddleware
 
 
 def create_app(config: ServeConfig, routes: dict[str, list[str]],
@@ -28,8 +29,10 @@ def create_app(config: ServeConfig, routes: dict[str, list[str]],
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="quantserve gateway", version=__version__, lifespan=lifespan)
+    docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="quantserve gateway", version=__version__, lifespan=lifespan, **docs)
     app.state.runtime = runtime
     install_error_handlers(app, runtime.on_error)
+    app.add_middleware(OverheadHeaderMiddleware)  # added last, so outermost: it sees the catch-all's 500s too
     app.include_router(router)
     return app

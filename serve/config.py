@@ -87,6 +87,29 @@ class LedgerSettings(BaseModel):
 
     batch_size: int = 200
     flush_interval_s: float = 0.25  # rows reach the database this long after their request, at most
+    # Rows waiting in memory for the writer; past this (the database is slower than the traffic) they go to the
+    # spill file, so an outage costs disk, not the gateway's memory.
+    max_queue: int = Field(default=10_000, ge=1)
+    # After a failed write, rows go straight to the spill file for this long instead of each batch waiting out
+    # a timeout; the spill file is replayed into the database this often.
+    retry_interval_s: float = Field(default=5.0, gt=0)
+
+
+class DatabaseSettings(BaseModel):
+    """Timeouts for the keys/ledger database and what the gateway does while it cannot reach it."""
+
+    model_config = {"extra": "forbid", "frozen": True}  # frozen: hashable, part of the engine cache key
+
+    # PostgreSQL (libpq drivers): a host that does not answer fails a connection in this long, not after the
+    # kernel's TCP timeout of minutes. libpq counts whole seconds, at least 2.
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    statement_timeout_s: float = Field(default=5.0, ge=0)  # PostgreSQL's statement_timeout; 0: no limit
+    sqlite_busy_timeout_s: float = Field(default=5.0, ge=0)  # how long SQLite waits on another writer's lock
+    # While the database cannot be reached, a key verified within key_cache_ttl_s + this many seconds keeps
+    # working; keys not in that cache get 503. A key revoked during an outage works until this runs out.
+    outage_key_grace_s: float = Field(default=300.0, ge=0)
+    # Retry-After on that 503; also how long a gateway waits before asking the database again after a failure.
+    outage_retry_after_s: int = Field(default=5, ge=1)
 
 
 class ServeConfig(BaseSettings):
@@ -107,6 +130,13 @@ class ServeConfig(BaseSettings):
     key_cache_ttl_s: float = 5.0  # how long a verified key is trusted before the database is asked again
     default_rpm: int | None = None  # for keys created without --rpm; None: unlimited
     default_tpm: int | None = None
+    # tokens/min admission sets aside the prompt (estimated) plus max_tokens; this many when max_tokens is absent
+    reserve_tokens_default: int = Field(default=256, ge=1)
+    docs: bool = False  # /docs, /redoc and /openapi.json: off, so a public gateway does not publish its surface
+    metrics_token: str | None = Field(default=None, repr=False)  # set: GET /metrics needs "Bearer <token>"
+    # sent as "Bearer <key>" to every upstream; local engines get it as VLLM_API_KEY. None: a stack that starts
+    # engines generates one, so only its gateway can reach them.
+    upstream_api_key: str | None = Field(default=None, repr=False)
     gateway_id: str = Field(default_factory=socket.gethostname)  # written on each ledger row
     variants_dir: Path | None = None
     model_refs: list[str] = Field(default_factory=list)  # --model values: folders, variant names, HF ids
@@ -114,6 +144,7 @@ class ServeConfig(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     overload: OverloadSettings = Field(default_factory=OverloadSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -64,6 +64,7 @@ class EngineSpec:
     extra_args: tuple[str, ...] = ()
     replica: int = 0
     dtype: str | None = None  # the catalog's choice (probe or serve.yaml); None: vLLM's "auto"
+    api_key: str | None = field(default=None, repr=False)  # VLLM_API_KEY: /v1 answers only who sends it
     command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
     env_override: dict[str, str] = field(default_factory=dict)
 
@@ -111,7 +112,13 @@ class EngineSpec:
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; offline skips a slow timeout
         env.update(self.settings.env)
         env.update(self.env_override)
+        if self.api_key:
+            # the environment, not --api-key: a command line is readable by every local user in `ps`
+            env["VLLM_API_KEY"] = self.api_key
         return env
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -138,7 +145,8 @@ def allocate_ports(host: str, start: int, count: int, taken: Iterable[int] = ())
 
 
 def build_engine_specs(
-    models: list[HostedModel], settings: EngineSettings, device: Device, avoid_ports: Iterable[int] = ()
+    models: list[HostedModel], settings: EngineSettings, device: Device, avoid_ports: Iterable[int] = (),
+    api_key: str | None = None,
 ) -> list[EngineSpec]:
     wanted = [(m, r) for m in models if m.path is not None for r in range(m.replicas)]
     ports = allocate_ports(settings.host, settings.port_base, len(wanted), taken=avoid_ports)
@@ -153,6 +161,7 @@ def build_engine_specs(
             extra_args=m.extra_args,
             replica=replica,
             dtype=m.dtype,
+            api_key=api_key,
         )
         for (m, replica), port in zip(wanted, ports, strict=True)
     ]
@@ -305,7 +314,7 @@ class Engine:
             return True
         body = {"model": self.spec.name, "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
         try:
-            reply = client.post(f"{self.url}/v1/completions", json=body,
+            reply = client.post(f"{self.url}/v1/completions", json=body, headers=self.spec.auth_headers(),
                                 timeout=max(5.0, deadline - time.monotonic()))
         except httpx.HTTPError as err:
             self._note(f"smoke test: no answer to a 1-token completion ({type(err).__name__})")
@@ -353,8 +362,10 @@ class Engine:
 class EngineGroup:
     """All local engines of one stack: started together, stopped together."""
 
-    def __init__(self, specs: list[EngineSpec], log_dir: Path | None = None) -> None:
-        self.engines = [Engine(spec, log_dir) for spec in specs]
+    def __init__(self, specs: list[EngineSpec], log_dir: Path | None = None,
+                 on_state: Callable[[Engine, EngineState], None] | None = None) -> None:
+        """`on_state` is called from each engine's supervisor thread on every state change."""
+        self.engines = [Engine(spec, log_dir, on_state) for spec in specs]
 
     def start(self, timeout: float | None = None, optional: frozenset[str] = frozenset()) -> dict[str, str]:
         """Start all and wait for all. An engine of a model in `optional` that fails to start is dropped and

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -59,16 +60,26 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return SafeJSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
     def sse_event(self) -> bytes:
         """How an error reaches a client whose stream has already begun: openai clients raise on it."""
-        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+        return b"data: " + json.dumps(self.body(), ensure_ascii=True).encode() + b"\n\n"
+
+
+# vLLM answers 500 when a request's shape reaches code that raises an unhandled Python error; its message then
+# reads like one of these. Such an answer is the client's mistake, not an engine failure.
+_CONTENT_FAULT = re.compile(
+    r"object has no attribute|object is not (subscriptable|iterable|callable)|unhashable type|index out of range"
+    r"|invalid literal|unsupported operand|takes \d+ positional|missing \d+ required|must be (str|int|float|a|an)\b"
+    r"|validation error", re.IGNORECASE)
 
 
 def from_upstream(status: int, payload: bytes) -> OpenAIError:
     """Reshape an engine's error reply. 4xx keep their status and message (vLLM's own 400 for a prompt over
-    the context length, say); 5xx become a generic 502 so engine internals do not leak."""
+    the context length, say). A 5xx that vLLM's message shows to come from the request's content (a Python
+    error on a wrong shape, or a feature it does not implement) is the client's 400; any other 5xx becomes a
+    generic 502, so engine internals do not leak."""
     message, param, code = "", None, None
     try:
         parsed = json.loads(payload)
@@ -79,12 +90,26 @@ def from_upstream(status: int, payload: bytes) -> OpenAIError:
             code = err.get("code") if isinstance(err.get("code"), str) else None
     except (ValueError, UnicodeDecodeError):
         pass
+    if status == 501 and message:
+        return OpenAIError(400, f"the engine does not support this request: {message}", param=param,
+                           code="unsupported_request")
+    if status >= 500 and _CONTENT_FAULT.search(message):
+        return OpenAIError(400, f"the engine could not process this request's content: {message}", param=param,
+                           code="invalid_request_content")
     if status >= 500:
         return OpenAIError(502, "the model engine failed to answer this request", code="upstream_error")
     if "maximum context length" in message or "context length" in message.lower():
         code = code or "context_length_exceeded"
     message = message or f"the engine refused the request (HTTP {status})"
     return OpenAIError(status, message, param=param, code=code)
+
+
+class SafeJSONResponse(JSONResponse):
+    """ASCII-escaped JSON: a client's lone surrogate (valid JSON, not valid UTF-8) echoed in an error message
+    would make the default encoder raise, and the client would get a 500 for its own 400."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 ErrorHook = Callable[[Request, OpenAIError], None]

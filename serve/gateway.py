@@ -79,6 +79,12 @@ class GatewayThread:
                 raise UserError(f"gateway not started after {timeout:.0f} s")
             time.sleep(0.05)
 
+    def engine_state(self, base_url: str, up: bool) -> None:
+        """Tell the gateway what the engine supervisor saw; safe from any thread."""
+        runtime = getattr(getattr(self.app, "state", None), "runtime", None)
+        if runtime is not None:
+            runtime.engine_state(base_url, up)
+
     def stop(self) -> None:
         # should_exit runs uvicorn's graceful shutdown: open streams get up to 10 s, then the app's shutdown
         # flushes the ledger.
@@ -95,6 +101,7 @@ class GatewayProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._spec: Path | None = None
+        self._stdin_lock = threading.Lock()
 
     def start(self, timeout: float = 60.0) -> None:
         check_port(self.config)
@@ -107,7 +114,8 @@ class GatewayProcess:
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "quantserve.serve.gateway", name],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                # stdin carries the engine supervisor's state changes, a JSON line each
+                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent,  # an owner killed with SIGKILL leaves no gateway behind
             )
         url = f"http://{client_host(self.config.host)}:{self.config.port}/health"
@@ -123,6 +131,16 @@ class GatewayProcess:
                 time.sleep(0.1)
         self.stop()
         raise UserError(f"gateway process not answering after {timeout:.0f} s; see {self.log_path}")
+
+    def engine_state(self, base_url: str, up: bool) -> None:
+        """Tell the gateway process what the engine supervisor saw; safe from any thread."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return
+        line = json.dumps({"upstream": base_url, "up": up}).encode() + b"\n"
+        with self._stdin_lock, contextlib.suppress(OSError, ValueError):  # the process may be exiting
+            proc.stdin.write(line)
+            proc.stdin.flush()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -148,8 +166,19 @@ def main(argv: list[str] | None = None) -> None:
     spec_path.unlink(missing_ok=True)  # read once; nothing left in /tmp however this process ends
     config = ServeConfig(**spec["config"])
     configure_logging(config.log_level)
-    # uvicorn handles SIGTERM/SIGINT itself
-    uvicorn.Server(_uvicorn_config(config, spec["routes"], spec.get("model_info"))).run()
+    server = uvicorn.Server(_uvicorn_config(config, spec["routes"], spec.get("model_info")))
+    threading.Thread(target=_follow_engine_states, args=(server,), name="engine-states", daemon=True).start()
+    server.run()  # uvicorn handles SIGTERM/SIGINT itself
+
+
+def _follow_engine_states(server: uvicorn.Server) -> None:
+    """The parent's engine supervisor writes {"upstream", "up"} lines on our stdin; EOF: the parent is gone."""
+    for line in sys.stdin.buffer:
+        try:
+            event = json.loads(line)
+            server.config.app.state.runtime.engine_state(str(event["upstream"]), bool(event["up"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logging.getLogger("quantserve.serve.gateway").warning("bad engine-state line: %r", line[:200])
 
 
 if __name__ == "__main__":

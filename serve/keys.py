@@ -12,6 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from quantserve.errors import UserError
+from quantserve.serve.config import DatabaseSettings
 from quantserve.serve.db import api_keys, get_engine
 
 KEY_PREFIX = "sk-qs-"
@@ -44,8 +45,8 @@ def hash_key(key: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, database_url: str) -> None:
-        self.engine = get_engine(database_url)
+    def __init__(self, database_url: str, settings: DatabaseSettings | None = None) -> None:
+        self.engine = get_engine(database_url, settings)
 
     def create(self, name: str, rpm: int | None = None, tpm: int | None = None) -> tuple[ApiKey, str]:
         """Returns the record and the key itself, which is not recoverable afterwards."""
@@ -90,7 +91,8 @@ class KeyStore:
         return _to_key({**row, "revoked_at": row["revoked_at"] or now})
 
     def verify(self, key: str) -> ApiKey | None:
-        """The key's record if it exists and is not revoked, else None."""
+        """The key's record if it exists and is not revoked, else None; raises SQLAlchemyError when the
+        database cannot answer (the caller tells that apart from a wrong key)."""
         if not key.startswith(KEY_PREFIX) or len(key) < _LOOKUP_CHARS:
             return None
         presented = hash_key(key)

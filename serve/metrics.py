@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -21,10 +22,13 @@ class GatewayMetrics:
                               "event sent", ["model"], buckets=TTFT_BUCKETS, registry=r)
         self.latency = Histogram("quantserve_request_duration_seconds", "Gateway arrival to last byte sent",
                                  ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("quantserve_prompt_tokens", "Prompt tokens, by model and key name",
-                                     ["model", "key"], registry=r)
+        self.prompt_tokens = Counter("quantserve_prompt_tokens", "Prompt tokens, by model and key id",
+                                     ["model", "key_id"], registry=r)
         self.completion_tokens = Counter("quantserve_completion_tokens", "Completion tokens, by model and "
-                                         "key name", ["model", "key"], registry=r)
+                                         "key id", ["model", "key_id"], registry=r)
+        self.overhead = Histogram("quantserve_gateway_overhead_seconds", "Time a request spent in the gateway "
+                                  "itself, not queued for a slot nor awaiting the engine", ["model"],
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
         self.engine_up = Gauge("quantserve_engine_up", "1 when the upstream answers /health",
                                ["model", "upstream"], registry=r)
         self.in_flight = Gauge("quantserve_in_flight_requests", "Requests holding an engine slot", ["model"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,38 +19,116 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = None
 
 
-class _GenerationRequest(BaseModel):
+class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+# Types and ranges of what the gateway relays: OpenAI's documented ranges for OpenAI fields, vLLM's for its
+# extensions. vLLM checks most of these itself, but some wrong shapes reach code that raises an unhandled
+# exception (a 500 and a closed connection), and its own messages do not always name the field.
+_INT32_MAX = 2**31 - 1
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+TokenCount = Annotated[int, Field(ge=1, le=_INT32_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=_INT32_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+FreeForm = dict[str, Any]
+
+
+class _GenerationRequest(BaseModel):
+    """Unknown fields pass through untouched: vLLM's newer extensions stay usable without a gateway release."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1)
+    max_tokens: TokenCount | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    seed: Int64 | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's sampling extensions
+    top_k: Annotated[int, Field(ge=-1, le=_INT32_MAX)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=1e4)] | None = None
+    length_penalty: Finite | None = None
+    min_tokens: Annotated[int, Field(ge=0, le=_INT32_MAX)] | None = None
+    ignore_eos: bool | None = None
+    use_beam_search: bool | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    add_special_tokens: bool | None = None
+    stop_token_ids: list[TokenId] | None = None
+    allowed_token_ids: list[TokenId] | None = None
+    bad_words: list[str] | None = None
+    structured_outputs: FreeForm | None = None
+    prompt_logprobs: Annotated[int, Field(ge=-1, le=_INT32_MAX)] | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1, le=2**63 - 1)] | None = None
+    priority: Int64 | None = None
+    request_id: str | None = None
+    cache_salt: str | None = None
+    echo: bool | None = None
+    return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None
+
+    def reserved_tokens(self, default: int) -> int:
+        """What a tokens/min limit sets aside at admission, before the engine says what was used."""
+        return (self.max_tokens or default) * (self.n or 1)
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[Any] | None = None
+    role: str = Field(min_length=1)
+    content: str | list[str | FreeForm] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[FreeForm] | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: TokenCount | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[FreeForm] | None = None
+    tool_choice: str | FreeForm | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: FreeForm | None = None
+    mm_processor_kwargs: FreeForm | None = None
+    documents: list[dict[str, str]] | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
 
     def prompt_text(self) -> str:
         return json.dumps([m.model_dump(exclude_none=True) for m in self.messages])[:4000]
 
+    def reserved_tokens(self, default: int) -> int:
+        return (self.max_completion_tokens or self.max_tokens or default) * (self.n or 1)
+
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1, le=128)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     def prompt_text(self) -> str:
         return (self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt))[:4000]
 
 
-GenerationRequest = ChatCompletionRequest | CompletionRequest
 T = TypeVar("T", ChatCompletionRequest, CompletionRequest)
 
 
@@ -82,17 +160,63 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+MAX_JSON_DEPTH = 64  # deeper than any real request; past it, json and pydantic recurse toward Python's limit
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_body(raw: bytes, schema: type[T]) -> tuple[T, dict[str, Any]]:
     """The validated request and the decoded dict (what is forwarded, possibly amended)."""
     try:
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise OpenAIError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise OpenAIError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                          code="invalid_json") from None
     if not isinstance(payload, dict):
         raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    if _too_deep(payload, MAX_JSON_DEPTH):
+        raise OpenAIError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                          code="invalid_json")
     try:
         return schema.model_validate(payload), payload
     except ValidationError as err:
-        first = err.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise OpenAIError(400, f"{param or 'body'}: {first['msg']}", param=param) from None
+        raise OpenAIError(400, first_error(err), param=_deepest(err)[0], code="invalid_value") from None
+
+
+def _deepest(err: ValidationError) -> tuple[str | None, str]:
+    """The field path and message of the error that got furthest: for a union (`stop` as a string or a list of
+    strings) that is the branch the client most likely meant."""
+    first = max(err.errors(), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+    # a union names each branch it tried in the path ("str", "list[int]"): leave those out
+    named = [str(p) for p in first["loc"] if isinstance(p, int) or not _is_type_name(str(p))]
+    return ".".join(named) or None, first["msg"]
+
+
+def _is_type_name(part: str) -> bool:
+    return "[" in part or part in ("str", "int", "float", "bool", "dict", "list", "function-after")
+
+
+def first_error(err: ValidationError) -> str:
+    """One line a client can act on: the field and what is wrong with it."""
+    param, message = _deepest(err)
+    return f"{param or 'body'}: {message}"

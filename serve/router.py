@@ -1,6 +1,9 @@
-"""The gateway's HTTP surface: OpenAI endpoints under /v1, plus /health, /ready and /metrics without a key."""
+"""The gateway's HTTP surface: OpenAI endpoints under /v1, plus /health, /ready and /metrics without an API key
+(/metrics takes its own token when `metrics_token` is set)."""
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -48,7 +51,14 @@ async def ready(request: Request, model: str | None = None) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    rt = runtime(request)
+    token = rt.config.metrics_token
+    if token is not None:
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise OpenAIError(401, "GET /metrics needs 'Authorization: Bearer <metrics_token>'",
+                              code="invalid_metrics_token", headers={"WWW-Authenticate": "Bearer"})
+    return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelList)

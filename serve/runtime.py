@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -20,6 +21,10 @@ from quantserve.serve.upstreams import HealthMonitor, ModelPool, Upstream
 
 _KNOWN_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready",
                               "/metrics"})
+
+
+def upstream_headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class GatewayRuntime:
@@ -42,16 +47,20 @@ class GatewayRuntime:
             for name, urls in routes.items()
         }
         database_url = config.resolved_database_url()
-        self.authenticator = Authenticator(KeyStore(database_url) if config.auth else None, config.auth,
-                                           config.key_cache_ttl_s)
+        db = config.database
+        self.authenticator = Authenticator(KeyStore(database_url, db) if config.auth else None, config.auth,
+                                           config.key_cache_ttl_s, outage_grace_s=db.outage_key_grace_s,
+                                           retry_after_s=db.outage_retry_after_s)
         self.limiter = RateLimiter()
         self.ledger = Ledger(database_url, batch_size=config.ledger.batch_size,
-                             flush_interval_s=config.ledger.flush_interval_s)
+                             flush_interval_s=config.ledger.flush_interval_s, max_queue=config.ledger.max_queue,
+                             retry_interval_s=config.ledger.retry_interval_s, database=db)
         self.accounting = Accounting(self.metrics, self.ledger, self.limiter, config.gateway_id,
                                      config.log_prompts)
         self.client: httpx.AsyncClient | None = None
         self.proxy: ProxyService
         self.health: HealthMonitor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         capacity = sum(u.max_in_flight for pool in self.pools.values() for u in pool.upstreams)
@@ -60,12 +69,22 @@ class GatewayRuntime:
             timeout=httpx.Timeout(connect=5.0, read=self.config.upstream_timeout_s, write=30.0, pool=30.0),
             limits=httpx.Limits(max_connections=capacity + 16, max_keepalive_connections=capacity + 16),
             trust_env=False,  # engines are on loopback or a cluster network: never through an HTTP proxy
+            headers=upstream_headers(self.config.upstream_api_key),
         )
         self.proxy = ProxyService(self.client, self.pools, self.accounting, self.authenticator, self.limiter,
-                                  self.config.max_body_bytes, self.config.log_prompts)
+                                  self.config.max_body_bytes, self.config.log_prompts,
+                                  self.config.reserve_tokens_default)
         await self.ledger.start()
         self.health = HealthMonitor(self.pools, self.client, self.config.health_interval_s)
         await self.health.start()
+        self._loop = asyncio.get_running_loop()
+
+    def engine_state(self, base_url: str, up: bool) -> None:
+        """The engine supervisor's word on one upstream (a crash, a restart), from any thread."""
+        loop, health = self._loop, self.health
+        if loop is None or health is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(health.engine_state, base_url, up)
 
     async def stop(self) -> None:
         if self.health is not None:

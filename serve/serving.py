@@ -3,7 +3,10 @@
 The request is read and checked (size, JSON, schema, model, key limits), admitted to an upstream slot, then
 sent on one pooled httpx client. Streams are relayed event by event as they arrive; the slot, the upstream
 connection and the accounting are released in one place however the stream ends (done, engine died, client
-left).
+left). A client that leaves while its request waits for a slot or for a unary answer is let go at once.
+
+A connection that fails before anything was relayed is tried once more on a fresh connection: a pooled one
+may have been closed by the engine (vLLM closes it after an unhandled error) without the engine being down.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -27,24 +31,24 @@ from quantserve.serve.errors import OpenAIError, from_upstream
 from quantserve.serve.limits import RateLimiter
 from quantserve.serve.protocol import T, parse_body
 from quantserve.serve.sse import EventSplitter, inspect_event
+from quantserve.serve.timing import OVERHEAD_HEADER, ms
 from quantserve.serve.upstreams import ModelPool, Upstream
 
 log = logging.getLogger("quantserve.serve.serving")
 
 CLIENT_CLOSED = 499  # nginx's convention, for the ledger: the client left before the answer was complete
 _UPSTREAM_HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
+_R = TypeVar("_R")
 
 
 class ClientGone(Exception):
     pass
 
 
-class _Refused(Exception):
-    """The upstream refused the connection: the request never reached it."""
-
-    def __init__(self, error: OpenAIError) -> None:
-        super().__init__(error.message)
-        self.error = error
+def _retryable(err: httpx.TransportError) -> bool:
+    """A dropped or reset connection: the engine may never have seen the request. Not a refusal (the engine is
+    not listening) and not a timeout (the engine was working on it)."""
+    return isinstance(err, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -72,6 +76,7 @@ class ProxyService:
         limiter: RateLimiter,
         max_body_bytes: int,
         log_prompts: bool = False,
+        default_reserved_tokens: int = 256,
     ) -> None:
         self.client = client
         self.pools = pools
@@ -80,6 +85,7 @@ class ProxyService:
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.log_prompts = log_prompts
+        self.default_reserved_tokens = default_reserved_tokens
 
     async def handle(self, request: Request, rec: RequestRecord, schema: type[T]) -> Response:
         rec.key = await self.authenticator.authenticate(request.headers.get("authorization"))
@@ -96,11 +102,14 @@ class ProxyService:
         if self.log_prompts:
             rec.prompt_text = parsed.prompt_text()
         if rec.key is not None:
-            refused = self.limiter.admit(rec.key.id, rec.key.rpm, rec.key.tpm)
+            # the prompt's tokens are not known before the engine counts them: ~4 bytes a token over-reserves
+            reserve = math.ceil(len(raw) / 4) + parsed.reserved_tokens(self.default_reserved_tokens)
+            refused = self.limiter.admit(rec.key.id, rec.key.rpm, rec.key.tpm, reserve)
             if refused is not None:
                 limit = rec.key.rpm if refused.limit == "requests" else rec.key.tpm
-                raise OpenAIError(429, refused.message(limit or 0), code="rate_limit_exceeded",
-                                  headers={"Retry-After": str(refused.retry_after_s)})
+                headers = {"Retry-After": str(refused.retry_after_s)} if refused.retry_after_s else {}
+                raise OpenAIError(429, refused.message(limit or 0), code="rate_limit_exceeded", headers=headers)
+            rec.reserved_tokens = reserve if rec.key.tpm is not None else 0
         strip_usage = False
         body = raw
         if rec.stream:
@@ -111,17 +120,25 @@ class ProxyService:
                 payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
                 body = json.dumps(payload).encode()
                 strip_usage = True
-        return await self._forward(request, rec, pool, body, strip_usage)
+        watcher = _DisconnectWatcher(request)
+        try:
+            return await self._forward(rec, pool, body, strip_usage, watcher)
+        finally:
+            watcher.stop()
 
-    async def _forward(
-        self, request: Request, rec: RequestRecord, pool: ModelPool, body: bytes, strip_usage: bool
-    ) -> Response:
+    async def _forward(self, rec: RequestRecord, pool: ModelPool, body: bytes, strip_usage: bool,
+                       watcher: _DisconnectWatcher) -> Response:
         # A refused connection means nothing reached that upstream, so another healthy one may take the
-        # request; the refusing one is marked down on the way.
+        # request.
         tries = max(1, len(pool.upstreams))
         for attempt in range(tries):
-            upstream = await pool.acquire()
-            may_retry = attempt + 1 < tries
+            may_try_another = attempt + 1 < tries
+            queued_from = time.perf_counter()
+            try:
+                upstream = await watcher.race(pool.acquire(), on_late_result=pool.release)
+            except ClientGone:
+                return self._client_gone(rec)
+            rec.queue_s += time.perf_counter() - queued_from
             if rec.stream:
                 relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, strip_usage)
                 try:
@@ -131,35 +148,50 @@ class ProxyService:
                     await relay.close()
                     raise
                 if relay.error is None:
+                    watcher.stop()  # from here the streaming response listens for the client leaving
+                    rec.overhead_s = relay.overhead_s()
                     return _RelayResponse(relay.events(), on_close=relay.close, media_type="text/event-stream",
-                                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                                          headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                                                   OVERHEAD_HEADER: ms(rec.overhead_s)})
                 await relay.close()  # frees the slot; the error is accounted where it is handled
-                if relay.refused and may_retry and pool.ready():
+                if relay.refused and may_try_another and pool.ready():
                     continue
                 raise relay.error
             try:
-                return await self._unary(request, rec, pool, upstream, body)
+                return await self._unary(rec, pool, upstream, body, watcher)
             except _Refused as refused:
-                if may_retry and pool.ready():
+                if may_try_another and pool.ready():
                     continue
                 raise refused.error from None
             finally:
                 pool.release(upstream)
         raise AssertionError("unreachable: the last try returns or raises")
 
-    async def _unary(
-        self, request: Request, rec: RequestRecord, pool: ModelPool, upstream: Upstream, body: bytes
-    ) -> Response:
+    def _client_gone(self, rec: RequestRecord) -> Response:
+        rec.status = CLIENT_CLOSED
+        self.accounting.finish(rec)
+        return Response(status_code=CLIENT_CLOSED)
+
+    async def _unary(self, rec: RequestRecord, pool: ModelPool, upstream: Upstream, body: bytes,
+                     watcher: _DisconnectWatcher) -> Response:
+        url = f"{upstream.base_url}{rec.endpoint}"
+        sent = time.perf_counter()
         try:
-            reply = await _until_disconnect(request, self._post(upstream, rec.endpoint, body))
+            try:
+                reply = await watcher.race(self.client.post(url, content=body, headers=_UPSTREAM_HEADERS))
+            except httpx.TransportError as err:
+                if not _retryable(err):
+                    raise
+                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, type(err).__name__)
+                async with fresh_client(self.client) as client:
+                    reply = await watcher.race(client.post(url, content=body, headers=_UPSTREAM_HEADERS))
         except ClientGone:
-            rec.status = CLIENT_CLOSED
-            self.accounting.finish(rec)
-            return Response(status_code=CLIENT_CLOSED)
+            return self._client_gone(rec)
         except httpx.ConnectError as err:
             raise _Refused(transport_failure(pool, upstream, err)) from None
         except httpx.TransportError as err:
             raise transport_failure(pool, upstream, err) from None
+        received = time.perf_counter()
         if reply.status_code >= 400:
             raise from_upstream(reply.status_code, reply.content)
         try:
@@ -170,17 +202,30 @@ class ProxyService:
         rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         rec.completion_tokens = int(usage.get("completion_tokens") or 0)
         rec.status = reply.status_code
+        rec.overhead_s = (sent - rec.started - rec.queue_s) + (time.perf_counter() - received)
         self.accounting.finish(rec)
-        return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+        return Response(reply.content, status_code=reply.status_code, media_type="application/json",
+                        headers={OVERHEAD_HEADER: ms(rec.overhead_s)})
 
-    async def _post(self, upstream: Upstream, path: str, body: bytes) -> httpx.Response:
-        return await self.client.post(f"{upstream.base_url}{path}", content=body, headers=_UPSTREAM_HEADERS)
+
+def fresh_client(pooled: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A one-connection client with the pooled one's settings, for the single retry."""
+    return httpx.AsyncClient(timeout=pooled.timeout, headers=pooled.headers, trust_env=False,
+                             limits=httpx.Limits(max_connections=1, max_keepalive_connections=0))
+
+
+class _Refused(Exception):
+    """The upstream refused the connection: the request never reached it."""
+
+    def __init__(self, error: OpenAIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def transport_failure(pool: ModelPool, upstream: Upstream, err: httpx.TransportError) -> OpenAIError:
     if isinstance(err, httpx.TimeoutException):
         return OpenAIError(504, "the model engine did not answer in time", code="upstream_timeout")
-    pool.set_health(upstream, False)  # connection refused or reset: send nothing more until /health answers
+    pool.suspect(upstream)  # marked down only if its /health agrees
     if isinstance(err, httpx.ConnectError):
         return OpenAIError(503, f"model '{pool.name}' engine is not reachable; retry shortly",
                            code="engine_unavailable", headers={"Retry-After": "5"})
@@ -212,17 +257,32 @@ class _StreamRelay:
         self.done = False  # [DONE] went out
         self.chunks_with_choices = 0
         self._closed = False
+        self._own_client: httpx.AsyncClient | None = None  # the fresh connection of a retry, closed with us
+        self._sent = self._received = 0.0
+
+    def overhead_s(self) -> float:
+        """Gateway time up to the response headers, less the slot queue and the engine's own time."""
+        return (self._sent - self.rec.started - self.rec.queue_s) + (time.perf_counter() - self._received)
 
     async def open(self, body: bytes) -> None:
-        request = self.client.build_request(
-            "POST", f"{self.upstream.base_url}{self.rec.endpoint}", content=body, headers=_UPSTREAM_HEADERS
-        )
+        url = f"{self.upstream.base_url}{self.rec.endpoint}"
+        self._sent = time.perf_counter()
         try:
-            self.response = await self.client.send(request, stream=True)
+            try:
+                request = self.client.build_request("POST", url, content=body, headers=_UPSTREAM_HEADERS)
+                self.response = await self.client.send(request, stream=True)
+            except httpx.TransportError as err:
+                if not _retryable(err):
+                    raise
+                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, type(err).__name__)
+                self._own_client = fresh_client(self.client)
+                request = self._own_client.build_request("POST", url, content=body, headers=_UPSTREAM_HEADERS)
+                self.response = await self._own_client.send(request, stream=True)
         except httpx.TransportError as err:
             self.error = transport_failure(self.pool, self.upstream, err)
             self.refused = isinstance(err, httpx.ConnectError)
             return
+        self._received = time.perf_counter()
         if self.response.status_code >= 400:
             # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a
             # prompt over the context length.
@@ -283,6 +343,8 @@ class _StreamRelay:
                 if self.response is not None:
                     # closing mid-body drops the connection, which makes vLLM abort the request
                     await self.response.aclose()
+                if self._own_client is not None:
+                    await self._own_client.aclose()
             finally:
                 self.pool.release(self.upstream)
                 rec = self.rec
@@ -308,27 +370,45 @@ class _RelayResponse(StreamingResponse):
             await self._on_close()
 
 
-async def _until_disconnect(request: Request, work: Awaitable[httpx.Response]) -> httpx.Response:
-    """Await `work`, cancelling it if the client disconnects first (the engine then aborts the request)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+class _DisconnectWatcher:
+    """Notices the client leaving while the gateway waits (for a slot, for a unary answer), so the wait ends
+    at once: the slot queue moves on and the engine aborts the request when its connection closes."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._task: asyncio.Task[None] | None = None
+
+    async def race(self, work: Awaitable[_R], on_late_result: Callable[[_R], None] | None = None) -> _R:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._disconnected())
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
         if task in done:
             return task.result()
         task.cancel()
+        try:
+            result = await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        else:  # it finished as it was being cancelled: give back what it took
+            if on_late_result is not None:
+                on_late_result(result)
         raise ClientGone()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
 
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    async def _disconnected(self) -> None:
+        while True:
+            message = await self._request.receive()
+            if message["type"] == "http.disconnect":
+                return
 
 
 def _status_of(error: dict[str, Any]) -> int:

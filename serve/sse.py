@@ -64,4 +64,6 @@ def inspect_event(event: bytes) -> EventInfo:
                 usage_only = not payload.get("choices")
             if isinstance(payload.get("error"), dict):
                 error = payload["error"]
+            elif payload.get("object") == "error":  # vLLM's older flat form: {"object": "error", "code": 400, ...}
+                error = payload
     return EventInfo(True, False, usage, usage_only, error, has_choices)

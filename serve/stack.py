@@ -4,7 +4,7 @@
     with ServeStack(config) as stack:
         stack.base_url            # http://127.0.0.1:8000, the gateway (append /v1 for an OpenAI client)
         stack.models              # served names
-        stack.engine_url(name)    # the vLLM server itself, bypassing the gateway
+        stack.engine_url(name)    # the vLLM server itself, bypassing the gateway (send stack.engine_headers)
 
 The gateway runs in a process of its own by default, so a caller that generates load in this process (eval,
 bench) measures the gateway and not its own share of one interpreter lock. `gateway_mode="thread"` keeps it in
@@ -14,6 +14,7 @@ this process (what `quantserve serve` does; tests use it to reach the app's runt
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from quantserve.paths import state_dir
 from quantserve.probe import ProbeProvider
 from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.engines import Engine, EngineGroup, allocate_ports, build_engine_specs
+from quantserve.serve.engines import Engine, EngineGroup, EngineState, allocate_ports, build_engine_specs
 from quantserve.serve.gateway import GatewayProcess, GatewayThread, check_port, client_host
 
 log = logging.getLogger("quantserve.serve.stack")
@@ -74,9 +75,13 @@ class ServeStack:
         for warning in self.catalog.warnings:
             log.warning("%s", warning)
         device = resolve_device(self.config.engine.device)
+        if self.config.upstream_api_key is None and any(m.path is not None for m in self.catalog.models):
+            # engines answer /v1 only to this key, which only the gateway holds: a local user who finds the
+            # port cannot skip keys, limits and the ledger
+            self.config = self.config.model_copy(update={"upstream_api_key": secrets.token_urlsafe(32)})
         specs = build_engine_specs(self.catalog.models, self.config.engine, device,
-                                   avoid_ports=[self.config.port])
-        self.engines = EngineGroup(specs, self.log_dir)
+                                   avoid_ports=[self.config.port], api_key=self.config.upstream_api_key)
+        self.engines = EngineGroup(specs, self.log_dir, on_state=self._engine_state)
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
                  ", ".join(f"{s.label}@{s.port} ({s.dtype or 'auto'})" for s in specs)
                  or "none (external upstreams only)")
@@ -111,6 +116,12 @@ class ServeStack:
             self.engines.stop()
             raise
         log.info("gateway on %s serving %s", self.base_url, ", ".join(self.models))
+
+    def _engine_state(self, engine: Engine, state: EngineState) -> None:
+        # from a supervisor thread: a crash reaches the gateway at once, not at its next health poll
+        gateway = self.gateway
+        if gateway is not None and state in (EngineState.UP, EngineState.DOWN):
+            gateway.engine_state(engine.url, state is EngineState.UP)
 
     def stop(self) -> None:
         """Gateway first (it drains streams and flushes the ledger), then the engines. Safe to call twice."""
@@ -157,6 +168,12 @@ class ServeStack:
         if name not in self.routes or not self.routes[name]:
             raise KeyError(f"no upstream serves {name}; served: {', '.join(self.routes)}")
         return self.routes[name][0]
+
+    @property
+    def engine_headers(self) -> dict[str, str]:
+        """What a caller that bypasses the gateway (a benchmark of vLLM alone) must send to an engine."""
+        key = self.config.upstream_api_key
+        return {"authorization": f"Bearer {key}"} if key else {}
 
     def engine(self, name: str) -> Engine:
         """The first local engine of `name`: its pid is the process-group id, its state the supervisor's."""

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import httpx
 
@@ -52,6 +52,8 @@ class ModelPool:
         self.metrics = metrics
         self._next = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # set by HealthMonitor: a request that saw a transport failure asks for a /health check now
+        self.on_suspect: Callable[[ModelPool, Upstream], None] | None = None
         if metrics is not None:
             for upstream in upstreams:
                 metrics.engine_up.labels(name, upstream.base_url).set(0)
@@ -61,14 +63,6 @@ class ModelPool:
 
     def in_flight(self) -> int:
         return sum(u.in_flight for u in self.upstreams)
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Upstream]:
-        upstream = await self.acquire()
-        try:
-            yield upstream
-        finally:
-            self.release(upstream)
 
     async def acquire(self) -> Upstream:
         if not self._waiters:  # no overtaking: a free slot goes to whoever waited longest
@@ -96,6 +90,12 @@ class ModelPool:
             self.metrics.engine_up.labels(self.name, upstream.base_url).set(1 if healthy else 0)
         # up: waiters can take the new room; down: waiters re-check and fail fast if nothing is left
         self._wake(len(self._waiters))
+
+    def suspect(self, upstream: Upstream) -> None:
+        """A request's connection failed. One failure does not say the engine is down (vLLM closes a connection
+        after some errors; a pooled connection can go stale): only a failed /health marks it down."""
+        if self.on_suspect is not None:
+            self.on_suspect(self, upstream)
 
     def _pick(self) -> Upstream | None:
         count = len(self.upstreams)
@@ -167,6 +167,28 @@ class HealthMonitor:
         self.client = client
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._checks: dict[str, asyncio.Task[None]] = {}  # on-demand checks in flight, by upstream URL
+        for pool in pools.values():
+            pool.on_suspect = self.check_soon
+
+    def check_soon(self, pool: ModelPool, upstream: Upstream) -> None:
+        """Check one upstream now rather than at the next poll; one check at a time per upstream."""
+        running = self._checks.get(upstream.base_url)
+        if running is not None and not running.done():
+            return
+        self._checks[upstream.base_url] = asyncio.create_task(self._check(pool, upstream),
+                                                              name=f"health-{upstream.base_url}")
+
+    def engine_state(self, base_url: str, up: bool) -> None:
+        """The engine supervisor's word: a crashed engine is down at once, without waiting for a poll; one
+        that came back is checked now."""
+        for pool in self.pools.values():
+            for upstream in pool.upstreams:
+                if upstream.base_url == base_url.rstrip("/"):
+                    if up:
+                        self.check_soon(pool, upstream)
+                    else:
+                        pool.set_health(upstream, False)
 
     async def poll_once(self) -> None:
         checks = [self._check(pool, up) for pool in self.pools.values() for up in pool.upstreams]
@@ -186,10 +208,12 @@ class HealthMonitor:
         self._task = asyncio.create_task(self._run(), name="upstream-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._checks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def _run(self) -> None:
         while True:

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 
 from quantserve.errors import UserError
+from quantserve.serve.config import DatabaseSettings
 from quantserve.serve.db import api_keys, get_engine, usage
 
 GROUP_FIELDS = ("key", "model")
@@ -62,7 +63,8 @@ def summarize_usage(
         from quantserve.eval.prices import load_price_table
 
         price_table = load_price_table()
-    engine = get_engine(database_url)
+    # A report over months of rows may rightly take longer than the gateway's per-statement limit.
+    engine = get_engine(database_url, DatabaseSettings(statement_timeout_s=0))
     query = (
         select(
             usage.c.key_id,

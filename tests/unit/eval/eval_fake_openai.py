@@ -107,8 +107,3 @@ def serve(answers: dict[str, str] | None = None) -> Iterator[tuple[str, FastAPI]
         sock.close()
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

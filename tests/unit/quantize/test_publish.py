@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from quantserve.errors import UserError
 from quantserve.quantize import publish
-from quantserve.quantize.manifest import list_manifests
+from quantserve.quantize.manifest import Manifest, list_manifests
+from tests.conftest import REPO
 from tests.unit.quantize.test_manifest import make_manifest
 
 
@@ -60,6 +63,76 @@ def test_build_killed_midway_leaves_nothing_listed_and_is_cleaned_next_time(tmp_
     assert any(p.name.startswith(".m-awq.tmp-") for p in tmp_path.iterdir())
     publish.prepare_out_dir(tmp_path)  # the next run
     assert not any(p.name.startswith(".m-awq") for p in tmp_path.iterdir())
+
+
+def _build(target: Path, weights: str) -> Path:
+    tmp = publish.temp_dir_for(target)
+    tmp.mkdir()
+    (tmp / "weights.safetensors").write_text(weights)
+    make_manifest(name=target.name).write(tmp)
+    return tmp
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RENAME_EXCHANGE is Linux only")
+def test_replacing_a_variant_is_one_exchange_where_the_filesystem_has_it(tmp_path, monkeypatch):
+    publish.prepare_out_dir(tmp_path)
+    target = tmp_path / "m-gptq"
+    publish.publish(_build(target, "one"), target)
+    new = _build(target, "two")
+
+    def no_rename(self, dst):
+        raise AssertionError(f"{self} -> {dst}: a rename leaves a moment with no {target.name}")
+
+    monkeypatch.setattr(Path, "rename", no_rename)
+    publish.publish(new, target)
+    assert (target / "weights.safetensors").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m-gptq")] == []
+
+
+def test_replacing_falls_back_to_renames_where_exchange_is_unsupported(tmp_path, monkeypatch):
+    def unsupported(src, dst, flags):
+        raise OSError(errno.EINVAL, "exchange not supported by this filesystem")
+
+    monkeypatch.setattr(publish, "_renameat2", unsupported)
+    publish.prepare_out_dir(tmp_path)
+    target = tmp_path / "m-gptq"
+    for version in ("one", "two"):
+        publish.publish(_build(target, version), target)
+    assert (target / "weights.safetensors").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m-gptq")] == []
+
+
+def test_replace_killed_between_its_two_renames_keeps_the_old_variant(tmp_path):
+    # A child replaces a published variant on the rename fallback and is SIGKILLed right after setting the old
+    # one aside: the only moment a kill could lose it. From outside, a kill cannot be timed to land there, so
+    # the child's rename kills the child itself when it is about to move the new build in.
+    code = textwrap.dedent(f"""
+        import os, pathlib, signal
+        from quantserve.quantize import publish
+        from tests.unit.quantize.test_publish import _build
+        out = pathlib.Path({str(tmp_path)!r}); publish.prepare_out_dir(out)
+        target = out / "m-gptq"
+        publish.publish(_build(target, "one"), target)
+        new = _build(target, "two")
+        publish._exchange = lambda tmp, target: False
+        real_rename = pathlib.Path.rename
+        def rename(self, dst):
+            if self == new:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_rename(self, dst)
+        pathlib.Path.rename = rename
+        publish.publish(new, target)
+    """)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    target = tmp_path / "m-gptq"
+    assert not target.exists()
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith(".m-gptq.old")]
+    assert Manifest.read(aside) == make_manifest(name="m-gptq")  # whole, and still the old one
+    publish.prepare_out_dir(tmp_path)  # the next run
+    assert (target / "weights.safetensors").read_text() == "one"
+    assert [m.name for _, m in list_manifests(tmp_path)] == ["m-gptq"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m-gptq")] == []
 
 
 def test_publish_refuses_a_folder_without_manifest(tmp_path):

@@ -3,7 +3,8 @@ accounting). It is not vLLM and imitates only what the gateway relies on: /healt
 endpoints, vLLM's usage chunk and vLLM's error shape. Real vLLM is covered by tests/integration/serve.
 
 Magic words in the prompt pick a behaviour: TOO_LONG (vLLM's 400 for an over-context prompt), CRASH (the
-connection drops mid-stream), ERROR_EVENT (an error event mid-stream), BOOM (a 500 with internals in the
+connection drops mid-stream), ERROR_EVENT (an error event mid-stream), FLAT_ERROR_EVENT (the same in vLLM's older
+flat shape, a 400), BOOM (a 500 with internals in the
 body), SLOW (0.2 s per token).
 """
 
@@ -86,6 +87,10 @@ def create_fake_app(state: FakeState) -> FastAPI:
                         await asyncio.sleep(delay)
                     if "CRASH" in text and i == 2:
                         raise RuntimeError("engine died")  # uvicorn drops the connection mid-body
+                    if "FLAT_ERROR_EVENT" in text and i == 2:  # vLLM's older flat form of an error event
+                        err = {"object": "error", "message": "bad request", "type": "BadRequestError", "code": 400}
+                        yield f"data: {json.dumps(err)}\n\n".encode()
+                        break
                     if "ERROR_EVENT" in text and i == 2:  # what vLLM sends when generation fails mid-way
                         err = {"error": {"message": "Traceback: secret internals", "type": "x", "code": 500}}
                         yield f"data: {json.dumps(err)}\n\n".encode()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -204,9 +207,32 @@ def test_rate_limit_rpm_is_429_with_retry_after(make_gateway):
 
 
 def test_rate_limit_tpm_is_429(make_gateway):
-    gw = make_gateway(key_kwargs={"tpm": 10})  # one fake answer costs 7 + 6 tokens
+    gw = make_gateway(key_kwargs={"tpm": 100})
+    body = json.dumps(chat_body(max_tokens=6)).encode()
+    reserve = math.ceil(len(body) / 4) + 6  # the prompt estimate plus max_tokens
+    used = 7 + 6  # what one fake answer reports
     with gw.client() as client:
-        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
-        reply = client.post("/v1/chat/completions", json=chat_body())
+        for n in range(100):
+            if n * used + reserve > 100:
+                break
+            assert client.post("/v1/chat/completions", content=body).status_code == 200
+        reply = client.post("/v1/chat/completions", content=body)
         assert_openai_error(reply, 429, "rate_limit_exceeded")
         assert "tokens per minute" in reply.json()["error"]["message"]
+        assert int(reply.headers["retry-after"]) >= 1
+        too_large = client.post("/v1/chat/completions", json=chat_body(max_tokens=500))
+        assert_openai_error(too_large, 429, "rate_limit_exceeded")
+        assert "lower max_tokens" in too_large.json()["error"]["message"]
+        assert "retry-after" not in too_large.headers
+
+
+def test_concurrent_requests_cannot_overshoot_the_tpm_limit(make_gateway):
+    # Before reservations, every request admitted while the key's finished total was under its budget: eight
+    # concurrent slow requests all ran. Now what is in flight counts.
+    gw = make_gateway(key_kwargs={"tpm": 200})
+    body = json.dumps(chat_body("SLOW", max_tokens=6)).encode()  # each answer takes 1.2 s
+    reserve = math.ceil(len(body) / 4) + 6
+    with ThreadPoolExecutor(8) as pool, gw.client() as client:
+        codes = list(pool.map(lambda _: client.post("/v1/chat/completions", content=body).status_code, range(8)))
+    assert codes.count(200) == 200 // reserve, codes
+    assert set(codes) == {200, 429}

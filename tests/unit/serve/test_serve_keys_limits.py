@@ -96,24 +96,41 @@ def test_rpm_window_and_retry_after():
     assert limiter.admit("other", rpm=3, tpm=None) is None  # keys do not share a window
 
 
-def test_tpm_charges_after_the_fact():
+def test_tpm_reserves_at_admission_and_settles_at_finish():
     clock = Clock()
     limiter = RateLimiter(clock)
-    assert limiter.admit("k", rpm=None, tpm=100) is None
-    limiter.charge_tokens("k", 80, tpm=100)
-    clock.now += 5
-    assert limiter.admit("k", rpm=None, tpm=100) is None  # 80 < 100: admitted, may overshoot
-    limiter.charge_tokens("k", 50, tpm=100)
-    refused = limiter.admit("k", rpm=None, tpm=100)
+    assert limiter.admit("k", rpm=None, tpm=100, reserve=60) is None
+    # a second request while the first is in flight: 60 reserved + 50 > 100, so it waits (it used to pass and
+    # overshoot, because tokens were only charged when a request finished)
+    refused = limiter.admit("k", rpm=None, tpm=100, reserve=50)
     assert refused is not None and refused.limit == "tokens"
-    assert refused.retry_after_s == 55  # the first 80 tokens expire at t=1060
+    assert refused.retry_after_s == 1  # held by a request in flight: it settles when that one ends
+    limiter.settle("k", reserved=60, used=30, tpm=100)  # the first one used less than it reserved
+    clock.now += 5
+    assert limiter.admit("k", rpm=None, tpm=100, reserve=50) is None  # 30 used + 50 reserved <= 100
+    limiter.settle("k", reserved=50, used=50, tpm=100)
+    refused = limiter.admit("k", rpm=None, tpm=100, reserve=40)  # 80 used + 40 > 100
+    assert refused is not None and refused.retry_after_s == 55  # the first 30 tokens leave the window at t=1060
     clock.now = 1061
-    assert limiter.admit("k", rpm=None, tpm=100) is None
+    assert limiter.admit("k", rpm=None, tpm=100, reserve=40) is None
+
+
+def test_a_request_larger_than_the_tpm_limit_is_refused_without_retry_after():
+    limiter = RateLimiter(Clock())
+    refused = limiter.admit("k", rpm=None, tpm=100, reserve=101)
+    assert refused is not None and refused.retry_after_s is None
+    assert "lower max_tokens" in refused.message(100)
+
+
+def test_concurrent_admissions_never_exceed_the_budget():
+    limiter = RateLimiter(Clock())
+    admitted = sum(limiter.admit("k", rpm=None, tpm=1000, reserve=64) is None for _ in range(100))
+    assert admitted == 1000 // 64
 
 
 def test_unlimited_keys_keep_no_history():
     limiter = RateLimiter(Clock())
     for _ in range(1000):
         assert limiter.admit("k", rpm=None, tpm=None) is None
-        limiter.charge_tokens("k", 10, tpm=None)
+        limiter.settle("k", reserved=0, used=10, tpm=None)
     assert limiter._windows == {}

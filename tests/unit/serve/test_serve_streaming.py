@@ -159,8 +159,10 @@ def test_models_ready_and_metrics(make_gateway):
         in metrics
     assert 'quantserve_request_errors_total{model="unknown",status="404",type="invalid_request_error"} 1.0' \
         in metrics
-    assert f'quantserve_prompt_tokens_total{{key="test-key",model="{FAKE_MODEL}"}} 14.0' in metrics
-    assert f'quantserve_completion_tokens_total{{key="test-key",model="{FAKE_MODEL}"}} 12.0' in metrics
+    key_id = KeyStore(gw.db_url).list()[0].id
+    assert "test-key" not in metrics  # a key's name is its creator's text: series carry its id
+    assert f'quantserve_prompt_tokens_total{{key_id="{key_id}",model="{FAKE_MODEL}"}} 14.0' in metrics
+    assert f'quantserve_completion_tokens_total{{key_id="{key_id}",model="{FAKE_MODEL}"}} 12.0' in metrics
     assert f'quantserve_time_to_first_token_seconds_count{{model="{FAKE_MODEL}"}} 1.0' in metrics
     assert "quantserve_request_duration_seconds_bucket" in metrics
     assert f'quantserve_engine_up{{model="{FAKE_MODEL}",upstream=' in metrics

@@ -1,0 +1,205 @@
+"""Upstream faults that must not take a healthy model down: a dropped pooled connection, a failing request on
+an engine whose /health is fine; and faults that must be seen at once: the supervisor saying an engine died,
+a client leaving while queued. Plus the gateway's own surface: docs off, /metrics token, overhead header."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
+
+from quantserve.serve.config import ServeConfig
+from quantserve.serve.gateway import GatewayProcess
+
+ANSWER = json.dumps({"id": "raw-1", "object": "chat.completion", "created": 0, "model": FAKE_MODEL,
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                  "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+
+
+@dataclass
+class RawUpstream:
+    """A minimal HTTP/1.1 server on a raw socket, so a test controls exactly when a connection drops: a thing
+    uvicorn does on its own terms (after an unhandled error) and a fake FastAPI app cannot be told to do."""
+
+    drop_second_post_once: bool = False  # the 2nd POST on a kept-alive connection: closed without an answer
+    drop_every_post: bool = False
+    healthy: bool = True
+    port: int = field(default_factory=free_port)
+    posts: int = 0
+    dropped: int = 0
+    _sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RawUpstream:
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        posts_here = 0
+        buffer = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                buffer = buffer[length:]
+                if head.startswith(b"GET /health"):
+                    status = b"200 OK" if self.healthy else b"503 Service Unavailable"
+                    conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\n{}")
+                    continue
+                posts_here += 1
+                self.posts += 1
+                if self.drop_every_post or (self.drop_second_post_once and posts_here == 2):
+                    self.drop_second_post_once = False
+                    self.dropped += 1
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                             + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
+
+
+@pytest.fixture
+def raw_upstream() -> Iterator[RawUpstream]:
+    server = RawUpstream().start()
+    yield server
+    server.stop()
+
+
+def ready_upstreams(client: httpx.Client) -> int:
+    return client.get("/ready").json()["models"][FAKE_MODEL]["healthy_upstreams"]
+
+
+def test_a_dropped_pooled_connection_is_retried_on_a_fresh_one(make_gateway, raw_upstream):
+    # Before: the second request failed with 502 "dropped the connection" and the engine was marked DOWN, so
+    # every client of the model got 503 until the next health poll.
+    raw_upstream.drop_second_post_once = True
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        for _ in range(3):
+            reply = client.post("/v1/chat/completions", json=chat_body())
+            assert reply.status_code == 200, reply.text
+        assert raw_upstream.dropped == 1
+        assert ready_upstreams(client) == 1
+
+
+def test_a_failing_request_does_not_mark_an_engine_down_that_answers_health(make_gateway, raw_upstream):
+    raw_upstream.drop_every_post = True
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        reply = client.post("/v1/chat/completions", json=chat_body())
+        assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_error"
+        assert raw_upstream.dropped == 2  # the first try and its one retry on a fresh connection
+        time.sleep(0.3)  # the on-demand /health check has run
+        assert ready_upstreams(client) == 1
+        raw_upstream.healthy = False  # now /health agrees: down at the next failure, without a poll
+        client.post("/v1/chat/completions", json=chat_body())
+        assert wait_until(lambda: ready_upstreams(client) == 0, timeout=2)
+
+
+def test_the_supervisors_word_marks_an_engine_down_at_once(make_gateway, fake_upstream):
+    server, _ = fake_upstream
+    gw = make_gateway(health_interval_s=60)  # no poll would notice within this test
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        gw.thread.engine_state(server.url, False)
+        assert wait_until(lambda: ready_upstreams(client) == 0, timeout=1)
+        gw.thread.engine_state(server.url, True)  # back: confirmed by a /health check made now
+        assert wait_until(lambda: ready_upstreams(client) == 1, timeout=2)
+
+
+def test_a_gateway_process_hears_the_supervisor_through_its_stdin(tmp_path, fake_upstream):
+    server, _ = fake_upstream
+    config = ServeConfig(port=free_port(), auth=False, database_url=f"sqlite:///{tmp_path / 'g.db'}",
+                         health_interval_s=60)
+    gateway = GatewayProcess(config, {FAKE_MODEL: [server.url]}, tmp_path / "gateway.log")
+    gateway.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{config.port}", trust_env=False, timeout=10) as client:
+            assert wait_until(lambda: ready_upstreams(client) == 1, timeout=10)
+            gateway.engine_state(server.url, False)
+            assert wait_until(lambda: ready_upstreams(client) == 0, timeout=2)
+    finally:
+        gateway.stop()
+
+
+def test_a_client_that_leaves_while_queued_leaves_the_queue_at_once(make_gateway):
+    gw = make_gateway(overload={"max_in_flight_per_upstream": 1, "max_queue_per_upstream": 4})
+    queued = gw.runtime.pools[FAKE_MODEL]
+    with gw.client() as client:
+        holder = threading.Thread(target=client.post, args=("/v1/chat/completions",),
+                                  kwargs={"json": chat_body("SLOW", max_tokens=6)})  # holds the slot ~1.2 s
+        holder.start()
+        assert wait_until(lambda: queued.in_flight() == 1)
+        with pytest.raises(httpx.ReadTimeout), gw.client(timeout=0.3) as impatient:
+            impatient.post("/v1/chat/completions", json=chat_body())
+        # before: the waiter kept its place until the slot freed (about a second later)
+        assert wait_until(lambda: len(queued._waiters) == 0, timeout=0.3)
+        holder.join()
+
+
+def test_docs_are_off_unless_configured(make_gateway):
+    closed, opened = make_gateway(), make_gateway(docs=True)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{closed.url}{path}", trust_env=False).status_code == 404
+    assert httpx.get(f"{opened.url}/openapi.json", trust_env=False).status_code == 200
+
+
+def test_metrics_can_require_a_bearer_token(make_gateway):
+    gw = make_gateway(metrics_token="scrape-me")
+    assert httpx.get(f"{gw.url}/metrics", trust_env=False).status_code == 401
+    wrong = httpx.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer nope"}, trust_env=False)
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_metrics_token"
+    right = httpx.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer scrape-me"}, trust_env=False)
+    assert right.status_code == 200 and "quantserve_requests_total" in right.text
+
+
+def test_every_response_says_how_long_it_spent_in_the_gateway(make_gateway):
+    gw = make_gateway()
+    with gw.client() as client:
+        replies = [client.post("/v1/chat/completions", json=chat_body()),
+                   client.post("/v1/chat/completions", json={"model": FAKE_MODEL}),
+                   client.get("/v1/models"), client.get("/health")]
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as stream:
+            stream.read()
+            replies.append(stream)
+    for reply in replies:
+        assert 0 < float(reply.headers["x-quantserve-overhead-ms"]) < 1000, reply.request.url
+    metrics = httpx.get(f"{gw.url}/metrics", trust_env=False).text
+    assert f'quantserve_gateway_overhead_seconds_count{{model="{FAKE_MODEL}"}} 2.0' in metrics
