@@ -44,6 +44,7 @@ class LoadLimits:
     seed: int = 0
     temperature: float | None = 0.0  # None leaves the server default
     max_tokens: int | None = None  # None uses each scenario item's own max_tokens
+    ignore_eos: bool = False  # vLLM's extension: every answer runs to max_tokens (like-for-like benchmarks)
 
 
 def parse_sweep(text: str) -> list[LoadPoint]:
@@ -75,6 +76,8 @@ def request_body(model: str, item: ScenarioItem, limits: LoadLimits) -> dict[str
     }
     if limits.temperature is not None:
         body["temperature"] = limits.temperature
+    if limits.ignore_eos:
+        body["ignore_eos"] = True
     return body
 
 

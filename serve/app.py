@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,10 @@ def create_app(config: ServeConfig, routes: dict[str, list[str]],
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        # Everything imported and built so far lives as long as the process: out of the collector's sight, a
+        # full collection no longer walks it (before: 40-70 ms pauses, the gateway's p99 at 1,000 req/s).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

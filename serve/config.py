@@ -124,6 +124,10 @@ class ServeConfig(BaseSettings):
     log_prompts: bool = False
     log_level: str = "info"
     access_log: bool = False  # our own one-line request log replaces uvicorn's
+    # uvicorn's event loop and HTTP parser; "auto" takes uvloop and httptools when installed (`make bench`
+    # measures both pairs: bench/serve.json "gateway_overhead")
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    http: Literal["auto", "h11", "httptools"] = "auto"
     max_body_bytes: int = 1_048_576
     upstream_timeout_s: float = 600.0  # longest silence allowed between two bytes from an engine
     health_interval_s: float = 1.0

@@ -46,6 +46,8 @@ def _uvicorn_config(config: ServeConfig, routes: dict[str, list[str]], model_inf
         port=config.port,
         log_level=config.log_level,
         access_log=config.access_log,
+        loop=config.loop,
+        http=config.http,
         timeout_graceful_shutdown=10,
         lifespan="on",
     )

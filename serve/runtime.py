@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 from fastapi import Request
 
 from quantserve.serve.accounting import Accounting, RequestRecord
@@ -17,14 +16,11 @@ from quantserve.serve.ledger import Ledger
 from quantserve.serve.limits import RateLimiter
 from quantserve.serve.metrics import GatewayMetrics
 from quantserve.serve.serving import ProxyService
+from quantserve.serve.upstream_client import UpstreamClient
 from quantserve.serve.upstreams import HealthMonitor, ModelPool, Upstream
 
 _KNOWN_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready",
                               "/metrics"})
-
-
-def upstream_headers(api_key: str | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class GatewayRuntime:
@@ -57,20 +53,15 @@ class GatewayRuntime:
                              retry_interval_s=config.ledger.retry_interval_s, database=db)
         self.accounting = Accounting(self.metrics, self.ledger, self.limiter, config.gateway_id,
                                      config.log_prompts)
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
         self.proxy: ProxyService
         self.health: HealthMonitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         capacity = sum(u.max_in_flight for pool in self.pools.values() for u in pool.upstreams)
-        self.client = httpx.AsyncClient(
-            # read: the longest silence between two bytes of an answer, not the whole answer's duration
-            timeout=httpx.Timeout(connect=5.0, read=self.config.upstream_timeout_s, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=capacity + 16, max_keepalive_connections=capacity + 16),
-            trust_env=False,  # engines are on loopback or a cluster network: never through an HTTP proxy
-            headers=upstream_headers(self.config.upstream_api_key),
-        )
+        self.client = UpstreamClient(self.config.upstream_api_key, read_timeout_s=self.config.upstream_timeout_s,
+                                     max_connections=capacity + 16)
         self.proxy = ProxyService(self.client, self.pools, self.accounting, self.authenticator, self.limiter,
                                   self.config.max_body_bytes, self.config.log_prompts,
                                   self.config.reserve_tokens_default)
@@ -91,7 +82,7 @@ class GatewayRuntime:
             await self.health.stop()
         await self.ledger.close()  # every queued usage row is written before the process ends
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
 
     def on_error(self, request: Request, err: OpenAIError) -> None:
         rec: RequestRecord | None = getattr(request.state, "record", None)

@@ -1,7 +1,7 @@
 """Forwarding a generation request to the engine that serves its model, streamed or not.
 
 The request is read and checked (size, JSON, schema, model, key limits), admitted to an upstream slot, then
-sent on one pooled httpx client. Streams are relayed event by event as they arrive; the slot, the upstream
+sent on one pooled upstream client. Streams are relayed event by event as they arrive; the slot, the upstream
 connection and the accounting are released in one place however the stream ends (done, engine died, client
 left). A client that leaves while its request waits for a slot or for a unary answer is let go at once.
 
@@ -17,10 +17,10 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -30,14 +30,14 @@ from quantserve.serve.auth import Authenticator
 from quantserve.serve.errors import OpenAIError, from_upstream
 from quantserve.serve.limits import RateLimiter
 from quantserve.serve.protocol import T, parse_body
-from quantserve.serve.sse import EventSplitter, inspect_event
+from quantserve.serve.sse import EventSplitter, inspect_event, strip_usage_field, usage_of
 from quantserve.serve.timing import OVERHEAD_HEADER, ms
+from quantserve.serve.upstream_client import UpstreamClient, UpstreamFailure, UpstreamStream
 from quantserve.serve.upstreams import ModelPool, Upstream
 
 log = logging.getLogger("quantserve.serve.serving")
 
 CLIENT_CLOSED = 499  # nginx's convention, for the ledger: the client left before the answer was complete
-_UPSTREAM_HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
 _R = TypeVar("_R")
 
 
@@ -45,10 +45,12 @@ class ClientGone(Exception):
     pass
 
 
-def _retryable(err: httpx.TransportError) -> bool:
-    """A dropped or reset connection: the engine may never have seen the request. Not a refusal (the engine is
-    not listening) and not a timeout (the engine was working on it)."""
-    return isinstance(err, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
+@dataclass(frozen=True)
+class _UsageShown:
+    """What usage the client asked to see in its stream (the engine is always asked for all of it)."""
+
+    final: bool = False  # stream_options.include_usage: the last chunk carries the usage
+    continuous: bool = False  # stream_options.continuous_usage_stats: every chunk carries the running usage
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -69,7 +71,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 class ProxyService:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         pools: dict[str, ModelPool],
         accounting: Accounting,
         authenticator: Authenticator,
@@ -110,23 +112,25 @@ class ProxyService:
                 headers = {"Retry-After": str(refused.retry_after_s)} if refused.retry_after_s else {}
                 raise OpenAIError(429, refused.message(limit or 0), code="rate_limit_exceeded", headers=headers)
             rec.reserved_tokens = reserve if rec.key.tpm is not None else 0
-        strip_usage = False
+        shown = _UsageShown()
         body = raw
         if rec.stream:
-            options = parsed.stream_options
-            if not (options is not None and options.include_usage):
-                # Ask the engine for the usage chunk so the ledger gets exact counts; the client did not
-                # ask for it, so it is removed from what the client sees.
-                payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+            # Ask the engine for usage on every chunk, so the ledger is exact even for a stream the client cuts
+            # short; what the client did not ask for is removed from what it sees.
+            asked = parsed.stream_options
+            shown = _UsageShown(final=bool(asked and asked.include_usage),
+                                continuous=bool(asked and asked.continuous_usage_stats))
+            options = payload.get("stream_options") or {}
+            if not (shown.final and shown.continuous):
+                payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
                 body = json.dumps(payload).encode()
-                strip_usage = True
         watcher = _DisconnectWatcher(request)
         try:
-            return await self._forward(rec, pool, body, strip_usage, watcher)
+            return await self._forward(rec, pool, body, shown, watcher)
         finally:
             watcher.stop()
 
-    async def _forward(self, rec: RequestRecord, pool: ModelPool, body: bytes, strip_usage: bool,
+    async def _forward(self, rec: RequestRecord, pool: ModelPool, body: bytes, shown: _UsageShown,
                        watcher: _DisconnectWatcher) -> Response:
         # A refused connection means nothing reached that upstream, so another healthy one may take the
         # request.
@@ -140,7 +144,7 @@ class ProxyService:
                 return self._client_gone(rec)
             rec.queue_s += time.perf_counter() - queued_from
             if rec.stream:
-                relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, strip_usage)
+                relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, shown)
                 try:
                     await relay.open(body)
                 except BaseException as err:
@@ -178,40 +182,38 @@ class ProxyService:
         sent = time.perf_counter()
         try:
             try:
-                reply = await watcher.race(self.client.post(url, content=body, headers=_UPSTREAM_HEADERS))
-            except httpx.TransportError as err:
-                if not _retryable(err):
+                status, content = await watcher.race(self.client.post(url, body))
+            except UpstreamFailure as failure:
+                if failure.kind != "dropped":
                     raise
-                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, type(err).__name__)
-                async with fresh_client(self.client) as client:
-                    reply = await watcher.race(client.post(url, content=body, headers=_UPSTREAM_HEADERS))
+                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
+                fresh = self.client.fresh()
+                try:
+                    status, content = await watcher.race(fresh.post(url, body))
+                finally:
+                    await fresh.close()
         except ClientGone:
             return self._client_gone(rec)
-        except httpx.ConnectError as err:
-            raise _Refused(transport_failure(pool, upstream, err)) from None
-        except httpx.TransportError as err:
-            raise transport_failure(pool, upstream, err) from None
+        except UpstreamFailure as failure:
+            error = transport_failure(pool, upstream, failure)
+            if failure.kind == "refused":
+                raise _Refused(error) from None
+            raise error from None
         received = time.perf_counter()
-        if reply.status_code >= 400:
-            raise from_upstream(reply.status_code, reply.content)
+        if status >= 400:
+            raise from_upstream(status, content)
         try:
-            data = reply.json()
+            data = json.loads(content)
         except ValueError:
             data = None
         usage = (data.get("usage") if isinstance(data, dict) else None) or {}
         rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         rec.completion_tokens = int(usage.get("completion_tokens") or 0)
-        rec.status = reply.status_code
+        rec.status = status
         rec.overhead_s = (sent - rec.started - rec.queue_s) + (time.perf_counter() - received)
         self.accounting.finish(rec)
-        return Response(reply.content, status_code=reply.status_code, media_type="application/json",
+        return Response(content, status_code=status, media_type="application/json",
                         headers={OVERHEAD_HEADER: ms(rec.overhead_s)})
-
-
-def fresh_client(pooled: httpx.AsyncClient) -> httpx.AsyncClient:
-    """A one-connection client with the pooled one's settings, for the single retry."""
-    return httpx.AsyncClient(timeout=pooled.timeout, headers=pooled.headers, trust_env=False,
-                             limits=httpx.Limits(max_connections=1, max_keepalive_connections=0))
 
 
 class _Refused(Exception):
@@ -222,11 +224,11 @@ class _Refused(Exception):
         self.error = error
 
 
-def transport_failure(pool: ModelPool, upstream: Upstream, err: httpx.TransportError) -> OpenAIError:
-    if isinstance(err, httpx.TimeoutException):
+def transport_failure(pool: ModelPool, upstream: Upstream, failure: UpstreamFailure) -> OpenAIError:
+    if failure.kind == "timeout":
         return OpenAIError(504, "the model engine did not answer in time", code="upstream_timeout")
     pool.suspect(upstream)  # marked down only if its /health agrees
-    if isinstance(err, httpx.ConnectError):
+    if failure.kind == "refused":
         return OpenAIError(503, f"model '{pool.name}' engine is not reachable; retry shortly",
                            code="engine_unavailable", headers={"Retry-After": "5"})
     return OpenAIError(502, "the model engine dropped the connection", code="upstream_error")
@@ -237,27 +239,28 @@ class _StreamRelay:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         pool: ModelPool,
         upstream: Upstream,
         rec: RequestRecord,
         accounting: Accounting,
-        strip_usage: bool,
+        shown: _UsageShown,
     ) -> None:
         self.client = client
         self.pool = pool
         self.upstream = upstream
         self.rec = rec
         self.accounting = accounting
-        self.strip_usage = strip_usage
-        self.response: httpx.Response | None = None
+        self.shown = shown
+        self.response: UpstreamStream | None = None
         self.error: OpenAIError | None = None
         self.refused = False  # the connection was refused: safe to try another upstream
-        self.saw_usage = False
+        self.saw_usage = False  # the final usage chunk arrived
+        self.last_usage_event: bytes | None = None  # the latest token chunk carrying (continuous) usage
         self.done = False  # [DONE] went out
-        self.chunks_with_choices = 0
+        self.token_chunks = 0
         self._closed = False
-        self._own_client: httpx.AsyncClient | None = None  # the fresh connection of a retry, closed with us
+        self._own_client: UpstreamClient | None = None  # the fresh connection of a retry, closed with us
         self._sent = self._received = 0.0
 
     def overhead_s(self) -> float:
@@ -269,32 +272,28 @@ class _StreamRelay:
         self._sent = time.perf_counter()
         try:
             try:
-                request = self.client.build_request("POST", url, content=body, headers=_UPSTREAM_HEADERS)
-                self.response = await self.client.send(request, stream=True)
-            except httpx.TransportError as err:
-                if not _retryable(err):
+                self.response = await self.client.open_stream(url, body)
+            except UpstreamFailure as failure:
+                if failure.kind != "dropped":
                     raise
-                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, type(err).__name__)
-                self._own_client = fresh_client(self.client)
-                request = self._own_client.build_request("POST", url, content=body, headers=_UPSTREAM_HEADERS)
-                self.response = await self._own_client.send(request, stream=True)
-        except httpx.TransportError as err:
-            self.error = transport_failure(self.pool, self.upstream, err)
-            self.refused = isinstance(err, httpx.ConnectError)
-            return
-        self._received = time.perf_counter()
-        if self.response.status_code >= 400:
-            # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a
-            # prompt over the context length.
-            payload = await self.response.aread()
-            self.error = from_upstream(self.response.status_code, payload)
+                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
+                self._own_client = self.client.fresh()
+                self.response = await self._own_client.open_stream(url, body)
+            self._received = time.perf_counter()
+            if self.response.status >= 400:
+                # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a
+                # prompt over the context length.
+                self.error = from_upstream(self.response.status, await self.response.read())
+        except UpstreamFailure as failure:
+            self.error = transport_failure(self.pool, self.upstream, failure)
+            self.refused = failure.kind == "refused"
 
     async def events(self) -> AsyncIterator[bytes]:
         assert self.response is not None
         rec = self.rec
         splitter = EventSplitter()
         try:
-            async for chunk in self.response.aiter_raw():
+            async for chunk in self.response.chunks():
                 for event in splitter.feed(chunk):
                     info = inspect_event(event)
                     if info.usage is not None:
@@ -308,26 +307,30 @@ class _StreamRelay:
                             yield OpenAIError(502, "the model engine failed mid-response",
                                               code="upstream_error").sse_event()
                             continue
-                    if info.has_choices:
-                        self.chunks_with_choices += 1
+                    if info.has_token:
+                        self.token_chunks += 1
                     if info.is_done:
                         self.done = True
-                    if info.usage_only and self.strip_usage:
+                    if info.usage_only and not self.shown.final:
                         continue
+                    if info.carries_usage and info.has_choices:
+                        self.last_usage_event = event
+                        if not self.shown.continuous:
+                            event = strip_usage_field(event)
                     if info.is_data and rec.ttft_s is None:
                         rec.ttft_s = time.perf_counter() - rec.started
                     yield event + b"\n\n"
             tail = splitter.rest()
             if tail.strip():
                 yield tail
-        except httpx.TransportError as err:
+        except UpstreamFailure as failure:
             # Headers are out, so the status cannot change: the client learns from an error event instead.
-            failure = transport_failure(self.pool, self.upstream, err)
-            failure.message = f"{failure.message}; the response above is incomplete"
-            rec.status = failure.status
-            rec.error_type = failure.type
-            log.warning("stream from %s broke: %s: %s", self.upstream.base_url, type(err).__name__, err)
-            yield failure.sse_event()
+            error = transport_failure(self.pool, self.upstream, failure)
+            error.message = f"{error.message}; the response above is incomplete"
+            rec.status = error.status
+            rec.error_type = error.type
+            log.warning("stream from %s broke: %s", self.upstream.base_url, failure.detail)
+            yield error.sse_event()
         except (asyncio.CancelledError, GeneratorExit):
             if not self.done:  # clients (openai's among them) may hang up right after [DONE]: that is complete
                 rec.status = CLIENT_CLOSED
@@ -342,16 +345,26 @@ class _StreamRelay:
             try:
                 if self.response is not None:
                     # closing mid-body drops the connection, which makes vLLM abort the request
-                    await self.response.aclose()
+                    self.response.close()
                 if self._own_client is not None:
-                    await self._own_client.aclose()
+                    await self._own_client.close()
             finally:
                 self.pool.release(self.upstream)
                 rec = self.rec
                 if self.error is None:  # an error raised before the stream is accounted by the handler
-                    if not self.saw_usage and self.chunks_with_choices:
-                        rec.completion_tokens = self.chunks_with_choices  # no usage chunk: a token per chunk
+                    if not self.saw_usage:
+                        self._usage_without_final_chunk()
                     self.accounting.finish(rec)
+
+    def _usage_without_final_chunk(self) -> None:
+        """The stream ended before the engine's usage chunk (the client left, the engine died): the last token
+        chunk's continuous usage, or, from an upstream that sends none, one token per token chunk."""
+        usage = usage_of(self.last_usage_event) if self.last_usage_event is not None else None
+        if usage is not None:
+            self.rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.rec.completion_tokens = int(usage.get("completion_tokens") or 0)
+        elif self.token_chunks:
+            self.rec.completion_tokens = self.token_chunks
 
 
 class _RelayResponse(StreamingResponse):

@@ -34,36 +34,64 @@ class EventSplitter:
         return self._buffer
 
 
+# A token chunk: a choice whose content or text is not empty (vLLM's first chat chunk carries only the role and
+# its last may carry only finish_reason). Inside a JSON string a quote is escaped, so the pattern cannot match
+# within generated text.
+_TOKEN = re.compile(rb'"(?:content|text)":\s*"[^"]')
+# The usage object vLLM adds to every chunk under continuous_usage_stats (flat, or with one nested details object).
+USAGE_FIELD = re.compile(rb',\s*"usage":\s*(?:null|\{(?:[^{}]|\{[^{}]*\})*\})')
+
+
 @dataclass
 class EventInfo:
     is_data: bool  # a data event other than [DONE]
     is_done: bool
-    usage: dict[str, Any] | None  # the usage object, when the event carries one
+    usage: dict[str, Any] | None  # the usage object of the final usage-only chunk
     usage_only: bool  # the final usage chunk: no choices, just usage
     error: dict[str, Any] | None
     has_choices: bool
+    has_token: bool  # carries generated text
+    carries_usage: bool  # a usage object is in it (every chunk, under continuous_usage_stats)
 
 
 def inspect_event(event: bytes) -> EventInfo:
     if not event.startswith(b"data:"):
-        return EventInfo(False, False, None, False, None, False)  # comment or keep-alive
+        return EventInfo(False, False, None, False, None, False, False, False)  # comment or keep-alive
     if event.strip() == DONE:
-        return EventInfo(False, True, None, False, None, False)
+        return EventInfo(False, True, None, False, None, False, False, False)
     usage = error = None
     usage_only = False
-    has_choices = b'"choices":[]' not in event and b'"choices": []' not in event and b'"choices"' in event
-    # Cheap byte checks first: decoding every token's JSON would cost more than the proxying itself.
-    if b'"usage":{' in event or b'"usage": {' in event or b'"error"' in event:
+    no_choices = b'"choices":[]' in event or b'"choices": []' in event
+    has_choices = not no_choices and b'"choices"' in event
+    carries_usage = b'"usage":{' in event or b'"usage": {' in event
+    # Cheap byte checks first: decoding every token's JSON would cost more than the proxying itself. Only the
+    # final usage chunk and errors are decoded; a token chunk's usage is decoded when the stream ends (usage_of).
+    if (carries_usage and not has_choices) or b'"error"' in event:
         try:
             payload = json.loads(event[5:])
         except ValueError:
             payload = None
         if isinstance(payload, dict):
-            if isinstance(payload.get("usage"), dict):
+            if isinstance(payload.get("usage"), dict) and not payload.get("choices"):
                 usage = payload["usage"]
-                usage_only = not payload.get("choices")
+                usage_only = True
             if isinstance(payload.get("error"), dict):
                 error = payload["error"]
             elif payload.get("object") == "error":  # vLLM's older flat form: {"object": "error", "code": 400, ...}
                 error = payload
-    return EventInfo(True, False, usage, usage_only, error, has_choices)
+    has_token = has_choices and _TOKEN.search(event) is not None
+    return EventInfo(True, False, usage, usage_only, error, has_choices, has_token, carries_usage)
+
+
+def usage_of(event: bytes) -> dict[str, Any] | None:
+    """The usage object of one event, decoded (for the last token chunk of a stream the client cut short)."""
+    try:
+        payload = json.loads(event[5:])
+    except ValueError:
+        return None
+    found = payload.get("usage") if isinstance(payload, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def strip_usage_field(event: bytes) -> bytes:
+    return USAGE_FIELD.sub(b"", event, count=1)

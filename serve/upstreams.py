@@ -13,10 +13,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import httpx
-
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.metrics import GatewayMetrics
+from quantserve.serve.upstream_client import UpstreamClient
 
 log = logging.getLogger("quantserve.serve.upstreams")
 
@@ -162,7 +161,7 @@ class ModelPool:
 class HealthMonitor:
     """Polls each upstream's /health. Requests also report failures at once through ModelPool.set_health."""
 
-    def __init__(self, pools: dict[str, ModelPool], client: httpx.AsyncClient, interval_s: float) -> None:
+    def __init__(self, pools: dict[str, ModelPool], client: UpstreamClient, interval_s: float) -> None:
         self.pools = pools
         self.client = client
         self.interval_s = interval_s
@@ -195,12 +194,7 @@ class HealthMonitor:
         await asyncio.gather(*checks)
 
     async def _check(self, pool: ModelPool, upstream: Upstream) -> None:
-        try:
-            timeout = min(5.0, self.interval_s * 3)
-            reply = await self.client.get(f"{upstream.base_url}/health", timeout=timeout)
-            healthy = reply.status_code == 200
-        except httpx.HTTPError:
-            healthy = False
+        healthy = await self.client.health(f"{upstream.base_url}/health", timeout_s=min(5.0, self.interval_s * 3))
         pool.set_health(upstream, healthy)
 
     async def start(self) -> None:

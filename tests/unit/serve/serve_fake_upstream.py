@@ -79,6 +79,7 @@ def create_fake_app(state: FakeState) -> FastAPI:
             return JSONResponse({"id": "fake-1", "object": kind, "created": int(time.time()), "model": model,
                                  "choices": [choice], "usage": usage})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        continuous = include_usage and bool(body["stream_options"].get("continuous_usage_stats"))
 
         async def events() -> Any:
             try:
@@ -98,6 +99,9 @@ def create_fake_app(state: FakeState) -> FastAPI:
                     delta = {"content": tok} if chat else None
                     choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": tok}
                     chunk = {"id": "fake-1", "object": "chunk", "model": model, "choices": [choice]}
+                    if continuous:  # vLLM's continuous_usage_stats: the running usage on every chunk
+                        chunk["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
+                                          "total_tokens": PROMPT_TOKENS + i + 1}
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
                 if include_usage:
                     yield f"data: {json.dumps({'id': 'fake-1', 'choices': [], 'usage': usage})}\n\n".encode()

@@ -44,7 +44,8 @@ def test_stream_without_usage_hides_the_usage_chunk_but_meters_it(make_gateway, 
     assert not any(isinstance(e, dict) and "usage" in e for e in events)
     text_out = "".join(e["choices"][0]["delta"]["content"] for e in events if isinstance(e, dict))
     assert text_out == "Hello from the fake upstream."
-    assert state.requests[-1]["stream_options"] == {"include_usage": True}  # asked upstream on our own
+    # asked upstream on our own, on every chunk: a stream the client cuts short is still metered exactly
+    assert state.requests[-1]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     gw.thread.stop()
     (row,) = ledger_rows(gw.db_url)
     assert (row["prompt_tokens"], row["completion_tokens"], row["status"], row["stream"]) == (7, 6, 200, 1)
@@ -224,3 +225,31 @@ def test_refused_connection_moves_on_to_another_upstream(make_gateway, fake_upst
     assert not pool.upstreams[0].healthy
     # the slot is released when the gateway's response generator finishes, just after the client's last read
     assert wait_until(lambda: pool.in_flight() == 0)
+
+
+def test_a_stream_the_client_cuts_short_is_billed_its_prompt_and_the_tokens_it_got(make_gateway):
+    """Before, a cancelled stream's ledger row had no prompt tokens (the usage chunk never came) and counted the
+    role chunk as a token."""
+    gw = make_gateway()
+    with gw.client() as client, client.stream("POST", "/v1/chat/completions",
+                                              json=chat_body("SLOW", stream=True)) as reply:
+        seen = 0
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                assert '"usage"' not in line  # the client did not ask for it
+                seen += 1
+                if seen == 2:
+                    break
+    assert wait_until(lambda: gw.runtime.pools[FAKE_MODEL].in_flight() == 0)
+    gw.thread.stop()
+    (row,) = ledger_rows(gw.db_url)
+    assert (row["status"], row["prompt_tokens"], row["completion_tokens"]) == (499, 7, 2)
+
+
+def test_continuous_usage_reaches_a_client_that_asked_for_it(make_gateway):
+    gw = make_gateway()
+    body = chat_body(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
+    with gw.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as reply:
+        events = [e for e in sse_payloads(reply) if isinstance(e, dict)]
+    assert [e["usage"]["completion_tokens"] for e in events if e["choices"]] == [1, 2, 3, 4, 5, 6]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 6
