@@ -158,7 +158,9 @@ def main(argv: list[str]) -> None:
     import gc
     import tempfile
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from quantserve.serve.gateway import configure_logging
+
+    configure_logging("info")
     out = Path(argv[0])
     plan = OverheadPlan(*(float(a) for a in argv[1:3]), *(int(a) for a in argv[3:5]))
     gc.collect()

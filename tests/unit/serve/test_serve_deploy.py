@@ -116,16 +116,43 @@ def test_gateway_deployment_matches_its_config(docs, gateway_config):
     assert volume["configMap"]["name"] == "quantserve-gateway"
     env = {e["name"]: e for e in cont["env"]}
     assert env["QUANTSERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "quantserve-db"
+    assert env["QUANTSERVE_UPSTREAM_API_KEY"]["valueFrom"]["secretKeyRef"] == ENGINE_KEY
+    assert load_config(None, upstream_api_key="x").upstream_api_key == "x"  # the variable names a real setting
     assert dep["spec"]["replicas"] >= 2  # several replicas: the ledger must be shared
     svc = by_kind(docs, "Service")["quantserve-gateway"]
     assert port_number(cont, svc["spec"]["ports"][0]["targetPort"]) == gateway_config.port
+
+
+ENGINE_KEY = {"name": "quantserve-engine-key", "key": "api-key"}
+
+
+def test_engines_demand_the_key_the_gateway_sends_and_admit_only_gateway_pods(docs):
+    engines = [d for d in by_kind(docs, "Deployment").values()
+               if d["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"]
+    assert engines
+    for dep in engines:
+        env = {e["name"]: e for e in container(dep).get("env", [])}
+        assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == ENGINE_KEY, dep["metadata"]["name"]
+        assert "--api-key" not in container(dep)["args"]  # not on a command line anyone can read
+    assert ENGINE_KEY["name"] in by_kind(docs, "Secret")
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for dep in engines:
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selected.items() <= labels.items(), dep["metadata"]["name"]
+    (rule,) = policy["spec"]["ingress"]
+    allowed = [f["podSelector"]["matchLabels"] for f in rule["from"]]
+    gateway_labels = by_kind(docs, "Deployment")["quantserve-gateway"]["spec"]["template"]["metadata"]["labels"]
+    assert allowed and all(a.items() <= gateway_labels.items() for a in allowed)
+    assert all(a.get("app.kubernetes.io/component") == "gateway" for a in allowed)
 
 
 def test_dockerfiles_agree_with_the_manifests(docs, gateway_config):
     gateway = (DEPLOY / "Dockerfile").read_text()
     assert f"EXPOSE {gateway_config.port}" in gateway
     assert 'ENTRYPOINT ["quantserve"]' in gateway and "/etc/quantserve/serve.yaml" in gateway
-    assert "psycopg2-binary" in gateway
+    assert 'pip install ".[gateway]"' in gateway  # pins from pyproject.toml, not a second list
+    assert not re.search(r"==\d", gateway)
     engine = (DEPLOY / "Dockerfile.vllm").read_text()
     assert re.search(r"^FROM vllm/vllm-openai:v\d", engine, re.MULTILINE)
     assert "COPY ${MODEL_DIR} /models/model" in engine
