@@ -85,7 +85,7 @@ bench: install
 	$(VENV)/bin/quantserve probe --force --json > bench/probe.json
 	$(VENV)/bin/quantserve quantize --out variants/ > /dev/null
 	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
-	$(PY) -m quantserve.serve.bench bench/serve.json
+	$(PY) -m quantserve.serve_bench bench/serve.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

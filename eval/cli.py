@@ -6,7 +6,11 @@ from pathlib import Path
 
 import typer
 
+from quantserve.eval.recommend import DEFAULT_MAX_KLD, DEFAULT_MIN_RECOVERY
+from quantserve.eval.stats import min_samples
 from quantserve.eval.vram import DEFAULT_PLAN_MODEL
+
+DEFAULT_REQUESTS = min_samples(99)  # loadgen's default too; named here so the CLI starts without httpx
 
 HELP = {
     "base_url": "OpenAI-compatible server: the quantserve gateway or vLLM directly, e.g. http://127.0.0.1:8000",
@@ -15,15 +19,16 @@ HELP = {
     "models": "Comma-separated served model names; default: every model the endpoint lists.",
     "sweep": "Load points: concurrency=1,4,16 (parallel users), rate=1,2 (requests/s, evenly spaced) or "
              "poisson=1,2 (requests/s, seeded Poisson arrivals).",
-    "requests": "Measured requests per load point.",
-    "duration": "Seconds per load point; a point ends at --requests or --duration, whichever comes first.",
+    "requests": "Measured requests per load point; p99 is reported only from 100 up.",
+    "duration": "Cap in seconds per load point; a point ends at --requests or --duration, whichever comes "
+                "first. Default: no cap.",
     "warmup": "Warm-up requests per load point, sent first and not measured.",
     "timeout": "Seconds one request may take before it counts as failed.",
     "seed": "Seed for Poisson arrivals.",
     "max_tokens": "Override every prompt's max_tokens.",
     "slo": "Objectives, e.g. ttft_p99=200ms,itl_p99=50ms (metrics ttft, tpot, itl, e2e; stats mean, p50, "
            "p90, p95, p99; ms or s).",
-    "gpu": "Hardware the endpoint runs on, a row of eval/prices.yaml (rtx-4090, l4, cpu-2core, ...); "
+    "gpu": "Hardware the endpoint runs on, a row of quantserve/prices.yaml (rtx-4090, l4, cpu-2core, ...); "
            "needed for $ per 1M tokens.",
     "out": "Run folder; default runs/<UTC timestamp>/ (runs/latest points at the newest).",
     "variants": "Folder of variant manifests (manifest.json per variant).",
@@ -34,7 +39,9 @@ HELP = {
     "run_dir": "Run folder written by `quantserve eval`.",
     "max_memory_gb": "GPU memory budget: checked against the measured weights and the plan model's "
                      "estimate at each precision.",
-    "min_recovery": "Lowest acceptable task accuracy relative to the source, e.g. 0.9.",
+    "min_recovery": "Quality floor: the lower end of task recovery's 95% interval (accuracy relative to the "
+                    "source, paired over items) must reach this; 0 turns the floor off.",
+    "max_kld": "Quality floor where tasks were not run: highest acceptable mean KLD against the source.",
     "plan_model": "7B-8B architecture for the VRAM plan (eval/model_configs/<name>.json).",
     "plan_context": "Context tokens per sequence in the VRAM plan.",
     "plan_concurrency": "Concurrent sequences in the VRAM plan.",
@@ -53,8 +60,8 @@ def eval_command(
     scenario: str = typer.Option("support-chat", "--scenario", help=HELP["scenario"]),
     models: str | None = typer.Option(None, "--models", help=HELP["models"]),
     sweep: str = typer.Option("concurrency=1,4", "--sweep", help=HELP["sweep"]),
-    requests: int = typer.Option(32, "--requests", min=1, help=HELP["requests"]),
-    duration: float = typer.Option(60.0, "--duration", min=0.1, help=HELP["duration"]),
+    requests: int = typer.Option(DEFAULT_REQUESTS, "--requests", min=1, help=HELP["requests"]),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, help=HELP["duration"]),
     warmup: int = typer.Option(2, "--warmup", min=0, help=HELP["warmup"]),
     timeout: float = typer.Option(120.0, "--timeout", min=0.1, help=HELP["timeout"]),
     seed: int = typer.Option(0, "--seed", help=HELP["seed"]),
@@ -87,7 +94,8 @@ def report_command(
                                          "folder recorded in eval.json."),
     max_memory_gb: float | None = typer.Option(None, "--max-memory-gb", help=HELP["max_memory_gb"]),
     slo: str | None = typer.Option(None, "--slo", help=HELP["slo"] + " Default: the run's."),
-    min_recovery: float | None = typer.Option(None, "--min-recovery", help=HELP["min_recovery"]),
+    min_recovery: float = typer.Option(DEFAULT_MIN_RECOVERY, "--min-recovery", min=0, help=HELP["min_recovery"]),
+    max_kld: float = typer.Option(DEFAULT_MAX_KLD, "--max-kld", min=0, help=HELP["max_kld"]),
     plan_model: str = typer.Option(DEFAULT_PLAN_MODEL, "--plan-model", help=HELP["plan_model"]),
     plan_context: int = typer.Option(4096, "--plan-context", min=1, help=HELP["plan_context"]),
     plan_concurrency: int = typer.Option(4, "--plan-concurrency", min=1, help=HELP["plan_concurrency"]),
@@ -97,7 +105,7 @@ def report_command(
     """Build report.json, report.md and a self-contained report.html from a run folder and the manifests."""
     from quantserve.eval.report import ReportConstraints, build_report
 
-    constraints = ReportConstraints(max_memory_gb=max_memory_gb, slo=slo, min_recovery=min_recovery,
+    constraints = ReportConstraints(max_memory_gb=max_memory_gb, slo=slo, min_recovery=min_recovery, max_kld=max_kld,
                                     plan_model=plan_model, plan_context_len=plan_context,
                                     plan_concurrency=plan_concurrency, gpu=gpu, usd_per_kwh=usd_per_kwh)
     typer.echo(str(build_report(run_dir, variants, constraints)))

@@ -2,7 +2,7 @@
 
 Modes: a fixed number of concurrent users, a constant request rate, or a seeded Poisson rate.
 Each point sends warm-up requests first (discarded) and then stops issuing at `num_requests` or
-`duration_s`, whichever comes first. Every measured request becomes a RequestRecord, failures included.
+`duration_s` (when set), whichever comes first. Every measured request becomes a RequestRecord, failures included.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,9 +20,11 @@ from quantserve.errors import UserError
 from quantserve.eval.endpoint import Endpoint
 from quantserve.eval.records import RequestRecord, RunClock
 from quantserve.eval.scenarios import ScenarioItem
+from quantserve.eval.stats import min_samples
 
 Mode = Literal["concurrency", "rate", "poisson"]
 MODES: tuple[str, ...] = ("concurrency", "rate", "poisson")
+DEFAULT_REQUESTS = min_samples(99)  # per point: the fewest for which a p99 is more than the sample maximum
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class LoadPoint:
 
 @dataclass(frozen=True)
 class LoadLimits:
-    num_requests: int = 32
-    duration_s: float = 60.0
+    num_requests: int = DEFAULT_REQUESTS
+    duration_s: float | None = None  # a cap per point; None runs to num_requests
     warmup: int = 2
     timeout_s: float = 120.0  # per request, whole stream
     seed: int = 0
@@ -118,6 +120,9 @@ async def _stream(client: httpx.AsyncClient, endpoint: Endpoint, body: dict[str,
     async with client.stream("POST", endpoint.url("chat/completions"), json=body,
                              headers=endpoint.headers) as resp:
         record.status_code = resp.status_code
+        overhead = resp.headers.get("x-quantserve-overhead-ms")
+        if overhead is not None:
+            record.gateway_ms = float(overhead)
         if resp.status_code != 200:
             record.error = f"HTTP {resp.status_code}: {_error_text(await resp.aread())}"
             return
@@ -159,8 +164,10 @@ async def _stream(client: httpx.AsyncClient, endpoint: Endpoint, body: dict[str,
 
 async def run_point(client: httpx.AsyncClient, endpoint: Endpoint, model: str, scenario: str,
                     items: Sequence[ScenarioItem], point: LoadPoint, limits: LoadLimits,
-                    clock: Callable[[], float] | None = None) -> list[RequestRecord]:
-    """Warm up, then measure one load point. Returns the measured records (warm-up excluded), by start."""
+                    clock: Callable[[], float] | None = None,
+                    after_warmup: Callable[[], Awaitable[None]] | None = None) -> list[RequestRecord]:
+    """Warm up, then measure one load point. Returns the measured records (warm-up excluded), by start.
+    `after_warmup` runs between the two (a scrape of the engine's counters, so they cover the point alone)."""
     clock = clock or RunClock()
 
     def send(i: int) -> Any:
@@ -169,7 +176,9 @@ async def run_point(client: httpx.AsyncClient, endpoint: Endpoint, model: str, s
     if limits.warmup:
         width = max(1, min(limits.warmup, int(point.value) if point.mode == "concurrency" else 1))
         await _closed_loop(send, limits.warmup, width, float("inf"), clock)
-    deadline = clock() + limits.duration_s
+    if after_warmup is not None:
+        await after_warmup()
+    deadline = clock() + limits.duration_s if limits.duration_s is not None else float("inf")
     if point.mode == "concurrency":
         records = await _closed_loop(send, limits.num_requests, int(point.value), deadline, clock)
     else:

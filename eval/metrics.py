@@ -8,45 +8,49 @@ consecutive content chunks, pooled over requests; goodput counts requests that m
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quantserve.eval.records import RequestRecord
 from quantserve.eval.slo import Objective, Slo
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks: numpy.percentile's default method."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+from quantserve.eval.stats import MIN_BOOTSTRAP, Interval, bootstrap_percentiles, bootstrap_ratio, min_samples
+from quantserve.stats import percentile
 
 
 @dataclass(frozen=True)
 class Distribution:
-    """Milliseconds."""
+    """Milliseconds. Every percentile is computed (SLO checks use them as they are); `backed` says which
+    ones the sample size supports, and only those are reported."""
 
     mean: float
     p50: float
     p90: float
     p95: float
     p99: float
+    n: int = 0
+    p50_ci: Interval | None = None  # 95% percentile-bootstrap intervals, where asked for and backed
+    p99_ci: Interval | None = None
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Distribution | None:
+    def of(cls, values: Sequence[float], intervals: bool = False) -> Distribution | None:
         if not values:
             return None
-        return cls(mean=sum(values) / len(values), p50=percentile(values, 50), p90=percentile(values, 90),
-                   p95=percentile(values, 95), p99=percentile(values, 99))
+        n = len(values)
+        cis: dict[float, Interval] = {}
+        wanted = [q for q in (50, 99) if n >= max(MIN_BOOTSTRAP, min_samples(q))]
+        if intervals and wanted:
+            cis = bootstrap_percentiles(values, wanted)
+        return cls(mean=sum(values) / n, p50=percentile(values, 50), p90=percentile(values, 90),
+                   p95=percentile(values, 95), p99=percentile(values, 99), n=n, p50_ci=cis.get(50),
+                   p99_ci=cis.get(99))
 
     def stat(self, name: str) -> float:
         return float(getattr(self, name))
+
+    def backed(self, name: str) -> bool:
+        """Whether the sample is large enough to report this stat ("p99" needs n >= 100)."""
+        return name == "mean" or self.n >= min_samples(float(name.removeprefix("p")))
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Metrics:
     duration_s: float  # wall span: first start to last end of the measured requests
     request_throughput: float  # completed requests / s
     output_throughput: float  # output tokens of completed requests / s
+    output_throughput_ci: Interval | None  # 95% bootstrap over requests; None below MIN_BOOTSTRAP completed
     total_input_tokens: int
     total_output_tokens: int
     goodput_rps: float | None  # None when no SLO was given
@@ -107,6 +112,24 @@ class Metrics:
     e2e_ms: Distribution | None
     errors: dict[str, int]  # error message -> count
     usage_missing: int  # completed requests whose output count came from chunks, not usage
+
+
+def throughput_interval(records: Sequence[RequestRecord], duration_s: float) -> Interval | None:
+    """Output tok/s with a bootstrap interval over requests.
+
+    Requests, not time windows, are resampled: a point holds ~100 requests but only a handful of windows'
+    worth of time, and the first and last windows are half-empty (ramp-up, drain). A resample's
+    throughput is its output tokens per second of request time, times the point's measured mean number
+    of requests in flight (Little's law: sum of request times / wall span); on the original sample that is
+    exactly tokens / duration. Slow or fast requests and long or short answers widen it; failed requests
+    count their time and no tokens.
+    """
+    ok = sum(r.ok for r in records)
+    if duration_s <= 0 or ok < MIN_BOOTSTRAP:
+        return None
+    busy = [(r.end - r.start) if r.end is not None else 0.0 for r in records]
+    tokens = [r.output_tokens if r.ok else 0 for r in records]
+    return bootstrap_ratio(tokens, busy, scale=sum(busy) / duration_s)
 
 
 def compute_metrics(records: Sequence[RequestRecord], slo: Slo = ()) -> Metrics:
@@ -126,12 +149,13 @@ def compute_metrics(records: Sequence[RequestRecord], slo: Slo = ()) -> Metrics:
         duration_s=duration,
         request_throughput=per_s(len(ok)),
         output_throughput=per_s(out_tokens),
+        output_throughput_ci=throughput_interval(records, duration),
         total_input_tokens=sum(r.prompt_tokens or 0 for r in ok),
         total_output_tokens=out_tokens,
         goodput_rps=per_s(met) if met is not None else None,
         slo_met=met,
-        ttft_ms=Distribution.of([t.ttft_ms for t in times]),
-        tpot_ms=Distribution.of([t.tpot_ms for t in times if t.tpot_ms is not None]),
+        ttft_ms=Distribution.of([t.ttft_ms for t in times], intervals=True),
+        tpot_ms=Distribution.of([t.tpot_ms for t in times if t.tpot_ms is not None], intervals=True),
         itl_ms=Distribution.of([gap for t in times for gap in t.itl_ms]),
         e2e_ms=Distribution.of([t.e2e_ms for t in times]),
         errors=dict(Counter(r.error or "no content received" for r in records if not r.ok).most_common()),

@@ -42,7 +42,7 @@ def _empty(title: str, message: str) -> str:
     return _png(fig)
 
 
-def _short(name: str, rows: list[VariantRow]) -> str:
+def _tick_label(name: str, rows: list[VariantRow]) -> str:
     """Drop the model-name prefix all rows share so tick labels stay readable."""
     source = next((r.name for r in rows if r.is_source), None)
     if source and name == source:
@@ -70,10 +70,15 @@ def latency_plot(report: Report) -> str:
     for ax, metric, label in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
         for j, stat in enumerate(stats):
             dists = [getattr(v.latency, metric) for v in rows]
-            values = [getattr(d, stat) if d else 0.0 for d in dists]
+            # no bar where n is too small for the percentile (None); whiskers: its 95% interval, where one
+            values = [(getattr(d, stat) or 0.0) if d else 0.0 for d in dists]
+            cis = [getattr(d, f"{stat}_ci", None) if d else None for d in dists]
+            # a percentile interval need not contain its estimate (p99 of 100); matplotlib wants yerr >= 0
+            yerr = [[max(0.0, v - ci.low) if ci else 0.0 for v, ci in zip(values, cis, strict=True)],
+                    [max(0.0, ci.high - v) if ci else 0.0 for v, ci in zip(values, cis, strict=True)]]
             xs = [i + (j - 1) * width for i in range(len(rows))]
-            ax.bar(xs, values, width, label=stat, color=COLORS[j])
-        ax.set_xticks(range(len(rows)), [_short(v.name, rows) for v in rows], rotation=30, ha="right")
+            ax.bar(xs, values, width, label=stat, color=COLORS[j], yerr=yerr, capsize=2)
+        ax.set_xticks(range(len(rows)), [_tick_label(v.name, rows) for v in rows], rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend()
@@ -91,7 +96,7 @@ def throughput_plot(report: Report) -> str:
     ax = fig.subplots()
     for i, v in enumerate(rows):
         pts = [(p.value, p.throughput.output_tok_s) for p in v.by_concurrency if p.throughput]
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_short(v.name, rows),
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_tick_label(v.name, rows),
                 color=COLORS[i % len(COLORS)])
     ax.set_xlabel(mode + (" (concurrent requests)" if mode == "concurrency" else " (requests/s)"))
     ax.set_ylabel("output tokens/s")
@@ -123,7 +128,7 @@ def frontier_plot(report: Report) -> str:
     rows = [v for _, _, v in pts]
     for i, (x, y, v) in enumerate(pts):
         ax.scatter([x], [y], s=60, color=COLORS[i % len(COLORS)], zorder=3)
-        ax.annotate(_short(v.name, rows), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(_tick_label(v.name, rows), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     frontier, best = [], float("-inf")
     for x, y, _ in sorted(pts, key=lambda p: (p[0], -p[1])):
         if y > best:
@@ -149,7 +154,7 @@ def memory_plot(report: Report) -> str:
     ax = fig.subplots()
     sizes = [(v.size_bytes or 0) / 1e6 for v in rows]
     ax.barh(range(len(rows)), sizes, color=[COLORS[0] if v.latency else "#bbbbbb" for v in rows])
-    ax.set_yticks(range(len(rows)), [_short(v.name, rows) for v in rows])
+    ax.set_yticks(range(len(rows)), [_tick_label(v.name, rows) for v in rows])
     ax.invert_yaxis()
     for i, v in enumerate(rows):
         ratio = f"  {v.size_ratio:.2f}×" if v.size_ratio is not None else ""

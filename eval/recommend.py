@@ -1,18 +1,24 @@
 """Which variant to deploy under the user's constraints, and a paragraph saying why.
 
 Rule: keep the variants that were measured, fit the memory budget, meet the SLO at some load
-point and keep task recovery at or above the floor; among those pick the lowest $/1M output tokens
-at the variant's best SLO-meeting point (on one machine: the highest SLO-meeting throughput).
+point and pass the quality floor; among those pick the lowest $/1M output tokens at the variant's
+best SLO-meeting point (on one machine: the highest SLO-meeting throughput).
+
+Quality floor: the lower end of task recovery's 95% interval must reach --min-recovery (0.95), so a
+variant passes only when the task set shows it close to the source, not merely fails to show it worse;
+where tasks were not run, mean KLD against the source must be at most --max-kld (0.05).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from quantserve.eval.report_schema import PointRow, Recommendation, VariantRow
+from quantserve.eval.report_schema import FloorVerdict, PointRow, Recommendation, VariantRow
 from quantserve.eval.slo import Slo, format_slo, slo_to_dict
 
 GIB = 1024**3
+DEFAULT_MIN_RECOVERY = 0.95
+DEFAULT_MAX_KLD = 0.05
 
 
 def best_point(row: VariantRow, slo: Slo) -> PointRow | None:
@@ -25,7 +31,32 @@ def _plan_row(row: VariantRow, vram_plan: dict[str, Any]) -> dict[str, Any] | No
     return next((r for r in vram_plan.get("rows", []) if r["precision"] == row.plan_precision), None)
 
 
-def rejection(row: VariantRow, slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
+def quality_floor(row: VariantRow, min_recovery: float | None, max_kld: float = DEFAULT_MAX_KLD) -> FloorVerdict:
+    """Pass or fail on quality, and why. Off when min_recovery is 0 or None."""
+    if not min_recovery:
+        return FloorVerdict(passed=None, basis="off", reason="no quality floor (--min-recovery 0)")
+    if row.is_source:
+        return FloorVerdict(passed=True, basis="recovery", reason="the source is the quality baseline")
+    q = row.quality
+    if q.recovery_ci is not None and q.recovery is not None:
+        low, high = q.recovery_ci.low, q.recovery_ci.high
+        passed = low >= min_recovery
+        return FloorVerdict(passed=passed, basis="recovery", reason=(
+            f"task recovery {q.recovery:.2f} (95% CI {low:.2f}–{high:.2f}): lower bound "
+            f"{low:.2f} {'≥' if passed else '<'} {min_recovery:g}"))
+    if q.recovery is not None:  # an eval.json from before per-item results were kept: no interval to take
+        passed = q.recovery >= min_recovery
+        return FloorVerdict(passed=passed, basis="recovery", reason=(
+            f"task recovery {q.recovery:.2f} {'≥' if passed else '<'} {min_recovery:g} (point estimate: the "
+            "run kept no per-item task results, so there is no interval)"))
+    if q.kld_mean is not None:
+        passed = q.kld_mean <= max_kld
+        return FloorVerdict(passed=passed, basis="kld", reason=(
+            f"tasks not run; mean KLD {q.kld_mean:.4f} {'≤' if passed else '>'} {max_kld:g}"))
+    return FloorVerdict(passed=False, basis="unknown", reason="tasks not run and no KLD measured: quality unknown")
+
+
+def rejection(row: VariantRow, slo: Slo, max_memory_gb: float | None, floor: FloorVerdict | None,
               vram_plan: dict[str, Any]) -> str | None:
     """Why a row cannot be recommended, or None. Memory is checked for the measured weights and for
     the plan model at the same precision, since the budget is meant for the real deployment."""
@@ -41,11 +72,8 @@ def rejection(row: VariantRow, slo: Slo, max_memory_gb: float | None, min_recove
         if plan and plan["total_gb"] > usable:
             return (f"{vram_plan['model']} at this precision needs ~{plan['total_gb']:.1f} GiB, "
                     f"over the {usable:.1f} GiB usable of {max_memory_gb:g} GB")
-    if min_recovery is not None:
-        if row.quality.recovery is None:
-            return "task recovery unknown (no task scores for it or the source)"
-        if row.quality.recovery < min_recovery:
-            return f"task recovery {row.quality.recovery:.2f} < {min_recovery:g}"
+    if floor is not None and floor.passed is False:
+        return f"below the quality floor: {floor.reason}"
     if best_point(row, slo) is None:
         first = next((p for p in row.by_concurrency if p.slo_violations), None)
         detail = f" (at {first.point}: {'; '.join(first.slo_violations)})" if first else ""
@@ -75,16 +103,20 @@ def _plan_sentence(row: VariantRow, vram_plan: dict[str, Any]) -> str:
 
 
 def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
-              hardware_label: str | None, vram_plan: dict[str, Any]) -> Recommendation:
-    constraints = {"max_memory_gb": max_memory_gb, "slo": slo_to_dict(slo), "min_recovery": min_recovery}
+              hardware_label: str | None, vram_plan: dict[str, Any],
+              max_kld: float = DEFAULT_MAX_KLD) -> Recommendation:
+    constraints = {"max_memory_gb": max_memory_gb, "slo": slo_to_dict(slo), "min_recovery": min_recovery or 0.0,
+                   "max_kld": max_kld}
     asked = [f"memory ≤ {max_memory_gb:g} GB (measured weights and the plan-model estimate)"
              if max_memory_gb is not None else "no memory budget",
              f"SLO {format_slo(slo)}",
-             f"task recovery ≥ {min_recovery:g}" if min_recovery is not None else "no quality floor"]
+             f"quality floor: task recovery's 95% CI lower bound ≥ {min_recovery:g} (mean KLD ≤ {max_kld:g} "
+             "where tasks were not run)" if min_recovery else "no quality floor"]
+    floors = {row.name: quality_floor(row, min_recovery, max_kld) for row in rows}
     rejected: dict[str, str] = {}
     passing: list[tuple[VariantRow, PointRow]] = []
     for row in rows:
-        why = rejection(row, slo, max_memory_gb, min_recovery, vram_plan)
+        why = rejection(row, slo, max_memory_gb, floors[row.name], vram_plan)
         point = best_point(row, slo) if why is None else None
         if why is None and point is not None:
             passing.append((row, point))
@@ -92,20 +124,26 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
             rejected[row.name] = why or "no usable load point"
     rejected_text = "; ".join(f"{name}: {why}" for name, why in rejected.items())
     head = f"Constraints: {', '.join(asked)}. {len(passing)} of {len(rows)} variants qualify."
+    below = [f"{name} ({v.reason})" for name, v in floors.items() if v.passed is False]
+    # Named whatever else rules them out: an unmeasured variant may still be one not worth measuring.
+    quality = f" Below the quality floor: {'; '.join(below)}." if below else ""
     if not passing:
-        return Recommendation(variant=None, constraints=constraints, rejected=rejected, reasoning=(
-            f"{head} No variant meets every constraint, so none is recommended. Why each fails: "
-            f"{rejected_text}. Relax the tightest constraint or measure at lower load."))
+        return Recommendation(variant=None, constraints=constraints, rejected=rejected, quality_floor=floors,
+                              reasoning=(f"{head} No variant meets every constraint, so none is recommended. "
+                                         f"Why each fails: {rejected_text}.{quality} Relax the tightest "
+                                         "constraint or measure at lower load."))
     winner, point = min(passing, key=lambda rp: _rank_key(*rp))
     source = next((r for r in rows if r.is_source), None)
     lat = point.latency
-    ttft99 = lat.ttft_ms.p99 if lat and lat.ttft_ms else None
-    tpot50 = lat.tpot_ms.p50 if lat and lat.tpot_ms else None
+    ttft, tpot = (lat.ttft_ms, lat.tpot_ms) if lat else (None, None)
+    ttft99 = _fmt(ttft.p99, '.0f', ' ms') if ttft and ttft.p99 is not None else (
+        f"n too small (n={ttft.n})" if ttft else "n/a")
+    tpot50 = _fmt(tpot.p50 if tpot else None, '.1f', ' ms')
     text = [head, "Rule: among those, the lowest $ per 1M output tokens at each variant's best SLO-meeting "
             "load point (on one machine this is the highest SLO-meeting throughput)."]
     speed = (f"{winner.name} is recommended: at {point.point} it sustains "
              f"{_fmt(point.throughput.output_tok_s if point.throughput else None, '.1f')} output tok/s "
-             f"(TTFT p99 {_fmt(ttft99, '.0f', ' ms')}, TPOT p50 {_fmt(tpot50, '.1f', ' ms')})")
+             f"(TTFT p99 {ttft99}, TPOT p50 {tpot50})")
     if point.cost:
         speed += (f", ${point.cost.usd_per_1m_output_tokens:.3g} per 1M output tokens on "
                   f"{hardware_label or point.cost.price_row}")
@@ -116,14 +154,18 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
     text.append(speed + ".")
     q = winner.quality
     size = f"{winner.size_bytes / 1e6:.0f} MB" if winner.size_bytes else "unknown size"
+    acc = _fmt(q.task_accuracy, '.2f') + (f" ± {q.task_accuracy_ci.half_width:.2f}" if q.task_accuracy_ci else "")
+    rec = _fmt(q.recovery, '.2f') + (f" ± {q.recovery_ci.half_width:.2f}" if q.recovery_ci else "")
+    paired = (f", McNemar p {q.paired_p_value:.2g} against the source"
+              if q.paired_p_value is not None and not winner.is_source else "")
     text.append(f"Weights: {size} ({_fmt(winner.size_ratio, '.2f', '× the source')}); quality: PPL ratio "
                 f"{_fmt(q.ppl_ratio, '.3f')}, KLD {_fmt(q.kld_mean, '.4f')}, top-1 agreement "
-                f"{_fmt(q.top1_agreement, '.3f')}, task accuracy {_fmt(q.task_accuracy, '.2f')}, "
-                f"recovery {_fmt(q.recovery, '.2f')}.")
+                f"{_fmt(q.top1_agreement, '.3f')}, task accuracy {acc}, recovery {rec}{paired}; quality floor: "
+                f"{floors[winner.name].reason}.")
     if rejected:
-        text.append(f"Not chosen: {rejected_text}.")
+        text.append(f"Not chosen: {rejected_text}.{quality}")
     others = [r.name for r, _ in passing if r is not winner]
     if others:
         text.append(f"Also qualifying but costlier per token: {', '.join(others)}.")
-    return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected,
+    return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected, quality_floor=floors,
                           reasoning=" ".join(text) + _plan_sentence(winner, vram_plan))

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quantserve.jsonl import read_jsonl
+
 RECORDS_NAME = "records.jsonl"
 
 
@@ -27,6 +29,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     status_code: int | None = None
     error: str | None = None
+    gateway_ms: float | None = None  # quantserve's x-quantserve-overhead-ms: time spent in the gateway itself
 
     @property
     def ok(self) -> bool:
@@ -65,5 +68,4 @@ def append_records(path: Path, records: Iterable[RequestRecord]) -> None:
 def read_records(path: Path) -> list[RequestRecord]:
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
-    return [RequestRecord.from_dict(json.loads(line)) for line in lines if line.strip()]
+    return read_jsonl(path, RequestRecord.from_dict, "a request record")

@@ -52,7 +52,9 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
         "TTFT: time to the first content chunk. TPOT: (E2E − TTFT) / (output tokens − 1), requests with "
         "one output token excluded. ITL: gaps between content chunks, pooled over requests. Goodput: "
         "requests/s meeting every SLO, each request checked on its own values. Failed requests count as "
-        "errors and never toward latency.")
+        "errors and never toward latency. n: completed requests at the point. ± is the half-width of a 95% "
+        "bootstrap interval (shown from n = 10); a percentile needs n ≥ 1/(1 − q), so p99 needs 100 "
+        "requests and shows \"n too small\" below that.")
     return [
         ("summary", f"Summary (latency, throughput and cost at {ref})", [summary_table(report), "!note"]),
         ("recommendation", "Recommendation", ["!rec", "!note"]),

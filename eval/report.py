@@ -13,23 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from quantserve.errors import UserError
-from quantserve.eval.prices import HardwareRow, load_price_table
-from quantserve.eval.recommend import recommend
+from quantserve.eval.recommend import DEFAULT_MAX_KLD, DEFAULT_MIN_RECOVERY, recommend
 from quantserve.eval.records import RECORDS_NAME, read_records
 from quantserve.eval.render import to_html, to_markdown
 from quantserve.eval.report_rows import build_rows, plan_precisions, reference_point
-from quantserve.eval.report_schema import Report
+from quantserve.eval.report_schema import Report, VariantRow
 from quantserve.eval.runner import log, read_eval
 from quantserve.eval.slo import parse_slo, slo_from_dict, slo_to_dict
 from quantserve.eval.vram import DEFAULT_PLAN_MODEL, vram_plan
-from quantserve.quantize.manifest import Manifest, list_manifests
+from quantserve.manifest import Manifest, list_manifests
+from quantserve.prices import HardwareRow, load_price_table
 
 
 @dataclass(frozen=True)
 class ReportConstraints:
     max_memory_gb: float | None = None  # GPU memory budget for the deployment
     slo: str | None = None  # "ttft_p99=200ms,..."; None: the SLO the run was measured against
-    min_recovery: float | None = None  # task accuracy floor relative to the source, e.g. 0.9
+    # quality floor: recovery's 95% CI lower bound, or mean KLD where tasks were not run; 0 turns it off
+    min_recovery: float = DEFAULT_MIN_RECOVERY
+    max_kld: float = DEFAULT_MAX_KLD
     plan_model: str = DEFAULT_PLAN_MODEL  # eval/model_configs/<name>.json
     plan_context_len: int = 4096
     plan_concurrency: int = 4
@@ -39,8 +41,10 @@ class ReportConstraints:
     def check(self) -> None:
         if self.max_memory_gb is not None and self.max_memory_gb <= 0:
             raise UserError(f"--max-memory-gb must be positive, got {self.max_memory_gb:g}")
-        if self.min_recovery is not None and not 0 < self.min_recovery <= 2:
-            raise UserError(f"--min-recovery is a ratio like 0.9, got {self.min_recovery:g}")
+        if not 0 <= self.min_recovery <= 2:
+            raise UserError(f"--min-recovery is a ratio like 0.95 (0 turns the floor off), got {self.min_recovery:g}")
+        if self.max_kld < 0:
+            raise UserError(f"--max-kld must not be negative, got {self.max_kld:g}")
         if self.usd_per_kwh is not None and self.usd_per_kwh < 0:
             raise UserError("--usd-per-kwh must not be negative")
 
@@ -90,6 +94,20 @@ def _notes(eval_doc: dict[str, Any], manifests: list[Manifest], variants_dir: Pa
     return notes
 
 
+def _sample_notes(rows: list[VariantRow]) -> list[str]:
+    """How the intervals were made, and where the sample was too small to back a figure."""
+    notes = ["± is the half-width of a 95% interval: a seeded percentile bootstrap over requests for TTFT/TPOT "
+             "p50 and p99 and for output tok/s, Wilson for task accuracy, a paired bootstrap over task items "
+             "for recovery. The paired p-value is an exact McNemar test against the source on the same items."]
+    small = [(p.completed, p.point, v.name) for v in rows for p in v.by_concurrency if 0 < p.completed < 100]
+    if small:
+        n, point, name = min(small)
+        notes.append(f"{len(small)} load point(s) completed fewer than 100 requests (fewest: {n} at {point} for "
+                     f"{name}), so their p99 is shown as 'n too small'; below 10 no interval is shown. "
+                     "`quantserve eval` runs 100 requests per point by default (--requests).")
+    return notes
+
+
 def make_report(run_dir: Path, variants_dir: Path | None = None,
                 constraints: ReportConstraints | None = None) -> Report:
     c = constraints or ReportConstraints()
@@ -107,7 +125,7 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
     rows = build_rows(eval_doc, records, manifests, slo, hardware, c.usd_per_kwh)
     plan = vram_plan(c.plan_model, plan_precisions(manifests), c.plan_context_len, c.plan_concurrency)
     label = hardware.label if hardware else None
-    recommendation = recommend(rows, slo, c.max_memory_gb, c.min_recovery, label, plan)
+    recommendation = recommend(rows, slo, c.max_memory_gb, c.min_recovery, label, plan, c.max_kld)
     source_notes = sorted({m.source.note for m in manifests if m.source.note})
     ref = reference_point(eval_doc)
     missing_usage = sum(r.ok and r.completion_tokens is None for r in records)
@@ -121,7 +139,7 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
         slo=slo_to_dict(slo),
         recommendation=recommendation,
         quality_note=" ".join(source_notes) or None,
-        notes=_notes(eval_doc, manifests, vdir, ref, hardware, c, missing_usage),
+        notes=_notes(eval_doc, manifests, vdir, ref, hardware, c, missing_usage) + _sample_notes(rows),
         variants=rows,
         vram_plan=plan,
     )

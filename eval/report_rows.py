@@ -10,23 +10,31 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
-from quantserve.eval.metrics import Metrics, compute_metrics, slo_violations
-from quantserve.eval.prices import HardwareRow, token_cost
+from quantserve.eval.metrics import Distribution, Metrics, compute_metrics, slo_violations
 from quantserve.eval.records import RequestRecord
-from quantserve.eval.report_schema import Cost, Latency, PointRow, QualityRow, Throughput, VariantRow
+from quantserve.eval.report_schema import CI, Cost, Dist, Latency, PointRow, QualityRow, Throughput, VariantRow
 from quantserve.eval.slo import Slo
-from quantserve.eval.tasks import recovery
+from quantserve.eval.tasks import TaskScores, task_quality
+from quantserve.eval.token_cost import token_cost
 from quantserve.eval.vram import DEFAULT_PRECISIONS, Precision, precision_of
-from quantserve.quantize.manifest import Manifest
+from quantserve.manifest import Manifest
+from quantserve.prices import HardwareRow
 
 SOURCE_PRECISION = DEFAULT_PRECISIONS[0]
+
+
+def _dist(d: Distribution | None) -> Dist | None:
+    if d is None:
+        return None
+    shown = {stat: getattr(d, stat) if d.backed(stat) else None for stat in ("p50", "p90", "p95", "p99")}
+    return Dist(mean=d.mean, n=d.n, p50_ci=CI.of(d.p50_ci), p99_ci=CI.of(d.p99_ci), **shown)
 
 
 def _latency(m: Metrics) -> Latency | None:
     if m.completed == 0:
         return None
-    names = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
-    return Latency.model_validate({k: asdict(d) if (d := getattr(m, k)) else None for k in names})
+    return Latency(ttft_ms=_dist(m.ttft_ms), tpot_ms=_dist(m.tpot_ms), itl_ms=_dist(m.itl_ms),
+                   e2e_ms=_dist(m.e2e_ms))
 
 
 def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, hardware: HardwareRow | None,
@@ -39,8 +47,8 @@ def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, har
     return PointRow(
         point=entry["point"], mode=entry["mode"], value=entry["value"], requests=m.requests,
         completed=m.completed, failed=m.failed, error_rate=m.error_rate, latency=_latency(m),
-        throughput=Throughput(output_tok_s=m.output_throughput, request_s=m.request_throughput)
-        if m.completed else None,
+        throughput=Throughput(output_tok_s=m.output_throughput, request_s=m.request_throughput,
+                              output_tok_s_ci=CI.of(m.output_throughput_ci)) if m.completed else None,
         goodput_rps=m.goodput_rps, cost=cost, slo_violations=slo_violations(m, slo), errors=m.errors,
     )
 
@@ -54,9 +62,21 @@ def reference_point(eval_doc: dict[str, Any]) -> str | None:
     return max(common, key=lambda label: per_model[0][label]) if common else None
 
 
-def _task_accuracy(eval_doc: dict[str, Any], model: str) -> tuple[float | None, dict[str, float] | None]:
-    scores = (eval_doc["results"].get(model) or {}).get("tasks")
-    return (scores["accuracy"], scores["by_kind"]) if scores else (None, None)
+def _task_scores(eval_doc: dict[str, Any], model: str | None) -> TaskScores | None:
+    scores = (eval_doc["results"].get(model) or {}).get("tasks") if model else None
+    return TaskScores.from_dict(scores) if scores else None
+
+
+def _task_fields(scores: TaskScores | None, source: TaskScores | None) -> dict[str, Any]:
+    """QualityRow's task fields: accuracy with its interval, and the paired comparison with the source."""
+    tq = task_quality(scores, source) if scores else None
+    if scores is None or tq is None:
+        return {}
+    return {"task_accuracy": scores.accuracy, "task_accuracy_by_kind": scores.by_kind, "task_items": tq.n,
+            "task_accuracy_ci": CI.of(tq.accuracy), "paired_items": tq.paired if source else None,
+            "only_source_right": tq.only_source_right if tq.paired else None,
+            "only_variant_right": tq.only_model_right if tq.paired else None,
+            "paired_p_value": tq.p_value, "recovery": tq.recovery, "recovery_ci": CI.of(tq.recovery_ci)}
 
 
 def _attach_measurements(row: VariantRow, points: list[PointRow], ref: str | None) -> None:
@@ -89,13 +109,12 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
         for model, result in eval_doc["results"].items()
     }
     source_name = eval_doc.get("source_model")
-    source_acc, _ = _task_accuracy(eval_doc, source_name) if source_name else (None, None)
+    source_scores = _task_scores(eval_doc, source_name)
     rows: list[VariantRow] = []
 
     if source_name or manifests:
-        rows.append(_source_row(source_name, manifests, eval_doc, source_acc))
+        rows.append(_source_row(source_name, manifests, source_scores))
     for manifest in manifests:
-        acc, by_kind = _task_accuracy(eval_doc, manifest.name)
         q = manifest.quality
         rows.append(VariantRow(
             name=manifest.name, method=manifest.method, scheme=manifest.scheme, bits=manifest.bits,
@@ -104,7 +123,7 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
             quality=QualityRow(
                 ppl=q.ppl if q else None, ppl_ratio=q.ppl_ratio if q else None,
                 kld_mean=q.kld_mean if q else None, top1_agreement=q.top1_agreement if q else None,
-                task_accuracy=acc, task_accuracy_by_kind=by_kind, recovery=recovery(acc, source_acc)),
+                **_task_fields(_task_scores(eval_doc, manifest.name), source_scores)),
             plan_precision=precision_of(manifest.variant, manifest.scheme, manifest.bits,
                                         manifest.group_size, manifest.recipe).label,
         ))
@@ -117,12 +136,11 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
     known = {row.name for row in rows}
     for model in eval_doc["results"]:
         if model not in known:
-            acc, by_kind = _task_accuracy(eval_doc, model)
             info = serving.get(model) or {}
             rows.append(VariantRow(name=model, servable_reason="measured at the endpoint; no manifest",
                                    dtype=info.get("dtype"), dtype_from=info.get("dtype_from"),
-                                   quality=QualityRow(task_accuracy=acc, task_accuracy_by_kind=by_kind,
-                                                      recovery=recovery(acc, source_acc))))
+                                   quality=QualityRow(**_task_fields(_task_scores(eval_doc, model),
+                                                                     source_scores))))
     for row in rows:
         if row.name in measured:
             _attach_measurements(row, measured[row.name], ref)
@@ -133,11 +151,9 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
     return rows
 
 
-def _source_row(name: str | None, manifests: list[Manifest], eval_doc: dict[str, Any],
-                source_acc: float | None) -> VariantRow:
+def _source_row(name: str | None, manifests: list[Manifest], scores: TaskScores | None) -> VariantRow:
     src = manifests[0].source if manifests else None
     ppl_source = next((m.quality.ppl_source for m in manifests if m.quality), None)
-    _, by_kind = _task_accuracy(eval_doc, name) if name else (None, None)
     bits = 32 if src and src.dtype in ("float32", "fp32") else 16
     return VariantRow(
         name=name or (src.model if src else "source"), is_source=True, method="source",
@@ -146,9 +162,7 @@ def _source_row(name: str | None, manifests: list[Manifest], eval_doc: dict[str,
         servable_reason="" if name else "the source model was not served in this run",
         quality=QualityRow(
             ppl=ppl_source, ppl_ratio=1.0 if ppl_source else None, kld_mean=0.0 if ppl_source else None,
-            top1_agreement=1.0 if ppl_source else None, task_accuracy=source_acc,
-            task_accuracy_by_kind=by_kind,
-            recovery=1.0 if source_acc else None),
+            top1_agreement=1.0 if ppl_source else None, **_task_fields(scores, scores)),
         plan_precision=SOURCE_PRECISION.label,
     )
 

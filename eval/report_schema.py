@@ -6,17 +6,38 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from quantserve.eval.stats import Interval
+
 REPORT_SCHEMA_VERSION = 1
 
 
+class CI(BaseModel):
+    """A 95% confidence interval; the tables show it as value ± half_width (GuideLLM's form)."""
+
+    value: float
+    low: float
+    high: float
+    half_width: float
+
+    @classmethod
+    def of(cls, interval: Interval | None) -> CI | None:
+        if interval is None:
+            return None
+        return cls(value=interval.value, low=interval.low, high=interval.high, half_width=interval.half_width)
+
+
 class Dist(BaseModel):
-    """Milliseconds."""
+    """Milliseconds over n samples. A percentile the sample cannot back is null, shown as "n too small":
+    pXX needs n >= 1 / (1 - XX/100), so p50 needs 2, p90 10, p95 20 and p99 100."""
 
     mean: float
-    p50: float
-    p90: float
-    p95: float
-    p99: float
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    n: int = 0
+    p50_ci: CI | None = None  # percentile bootstrap over requests (TTFT and TPOT; n >= 10)
+    p99_ci: CI | None = None
 
 
 class Latency(BaseModel):
@@ -29,6 +50,7 @@ class Latency(BaseModel):
 class Throughput(BaseModel):
     output_tok_s: float
     request_s: float
+    output_tok_s_ci: CI | None = None  # bootstrap over requests (eval/metrics.py); None below 10 completed
 
 
 class Cost(BaseModel):
@@ -45,7 +67,14 @@ class QualityRow(BaseModel):
     top1_agreement: float | None = None
     task_accuracy: float | None = None
     task_accuracy_by_kind: dict[str, float] | None = None
-    recovery: float | None = None  # task accuracy / source task accuracy
+    task_items: int | None = None  # items scored
+    task_accuracy_ci: CI | None = None  # Wilson 95%
+    paired_items: int | None = None  # items scored for both this model and the source (matched by id)
+    only_source_right: int | None = None  # McNemar's discordant pairs
+    only_variant_right: int | None = None
+    paired_p_value: float | None = None  # exact McNemar against the source, two-sided
+    recovery: float | None = None  # right answers / the source's right answers, on the same items
+    recovery_ci: CI | None = None  # paired bootstrap over items, 95%
 
 
 class PointRow(BaseModel):
@@ -89,11 +118,20 @@ class VariantRow(BaseModel):
     plan_precision: str | None = None  # its row in vram_plan
 
 
+class FloorVerdict(BaseModel):
+    """The quality floor's verdict on one variant: recovery's CI lower bound, else mean KLD."""
+
+    passed: bool | None  # None: the floor is off (--min-recovery 0)
+    basis: str  # "recovery", "kld", "unknown" (neither measured) or "off"
+    reason: str
+
+
 class Recommendation(BaseModel):
     variant: str | None
     reasoning: str
     constraints: dict[str, Any]
     rejected: dict[str, str] = Field(default_factory=dict)
+    quality_floor: dict[str, FloorVerdict] = Field(default_factory=dict)  # every variant, pass or fail
 
 
 class Report(BaseModel):

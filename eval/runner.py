@@ -7,8 +7,8 @@ load point metrics, task scores); `quantserve report` builds the report from tho
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -19,15 +19,18 @@ import httpx
 from pydantic import BaseModel, Field
 
 import quantserve
+from quantserve.atomic import replace_file
 from quantserve.errors import UserError
+from quantserve.eval.bandwidth import measure_bandwidth
+from quantserve.eval.breakdown import Scrape, scrape
 from quantserve.eval.endpoint import Endpoint, check_models
-from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, parse_sweep, run_point
+from quantserve.eval.loadgen import DEFAULT_REQUESTS, LoadLimits, LoadPoint, make_client, parse_sweep, run_point
 from quantserve.eval.metrics import compute_metrics
-from quantserve.eval.prices import HardwareRow, load_price_table
-from quantserve.eval.records import RECORDS_NAME, RunClock, append_records
+from quantserve.eval.records import RECORDS_NAME, RequestRecord, RunClock, append_records
 from quantserve.eval.scenarios import ScenarioItem, load_scenario, scenario_path
 from quantserve.eval.slo import Slo, format_slo, load_default_slo, parse_slo, slo_to_dict
 from quantserve.eval.tasks import Task, default_tasks_path, load_tasks, run_tasks
+from quantserve.prices import HardwareRow, load_price_table
 
 EVAL_NAME = "eval.json"
 SCHEMA_VERSION = 1
@@ -39,15 +42,16 @@ class EvalConfig(BaseModel):
     scenario: str = "support-chat"  # a name under prompts/scenarios/ or a .jsonl path
     models: list[str] = Field(default_factory=list)  # empty: every model the endpoint serves
     sweep: str = "concurrency=1,4"
-    num_requests: int = Field(32, gt=0)  # per load point, warm-up excluded
-    duration_s: float = Field(60.0, gt=0)  # per load point; whichever limit comes first ends it
+    # per load point, warm-up excluded: 100 is the fewest that backs a p99 (eval/stats.py min_samples)
+    num_requests: int = Field(DEFAULT_REQUESTS, gt=0)
+    duration_s: float | None = Field(None, gt=0)  # per load point cap; None: run to num_requests
     warmup: int = Field(2, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     seed: int = 0
     max_tokens: int | None = None  # overrides each scenario item's max_tokens
     temperature: float | None = 0.0
     slo: str | None = None  # "ttft_p99=200ms,itl_p99=50ms"; None uses eval/slo.yaml
-    gpu: str | None = None  # a row of eval/prices.yaml: the hardware the endpoint runs on
+    gpu: str | None = None  # a row of the price table (quantserve/prices.yaml): the hardware the endpoint runs on
     out: Path | None = None  # None: runs/<UTC timestamp>/
     variants_dir: Path | None = Path("variants")  # manifests for the report
     source_model: str | None = None  # served name of the unquantized model; None: guessed
@@ -55,6 +59,9 @@ class EvalConfig(BaseModel):
     tasks_file: Path | None = None  # None: prompts/tasks/support_tasks.jsonl when present
     task_max_tokens: int = 16
     not_served: dict[str, str] = Field(default_factory=dict)  # variants the run could not serve -> why
+    # the engine's own /metrics (vLLM): queue / prefill / decode time per load point; None for an endpoint whose
+    # engines are out of reach
+    engine_metrics_url: str | None = None
 
 
 def log(message: str) -> None:
@@ -71,11 +78,7 @@ def update_latest(run_dir: Path) -> Path | None:
     link = run_dir.parent / "latest"
     if run_dir.parent.name != "runs" or (link.exists() and not link.is_symlink()):
         return None
-    tmp = run_dir.parent / f".latest-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name, target_is_directory=True)
-    os.replace(tmp, link)
-    return link
+    return replace_file(link, lambda tmp: tmp.symlink_to(run_dir.name, target_is_directory=True))
 
 
 def guess_source(models: list[str], variant_names: set[str], source_names: set[str]) -> str | None:
@@ -93,7 +96,7 @@ def guess_source(models: list[str], variant_names: set[str], source_names: set[s
 def _manifest_names(variants_dir: Path | None) -> tuple[set[str], set[str]]:
     if variants_dir is None:
         return set(), set()
-    from quantserve.quantize.manifest import list_manifests
+    from quantserve.manifest import list_manifests
 
     found = list_manifests(variants_dir)
     # serve hosts a variant's source under its folder name; users may also call it by source.model
@@ -150,15 +153,19 @@ async def _measure_model(client: httpx.AsyncClient, cfg: EvalConfig, plan: _Plan
     """Every load point of one model (records appended to records.jsonl as they finish), then its tasks."""
     result: dict[str, Any] = {"points": [], "tasks": None}
     for point in plan.points:
-        log(f"{model} {point.label}: {cfg.warmup} warm-up + up to {cfg.num_requests} requests "
-            f"or {cfg.duration_s:g}s")
+        cap = f" or {cfg.duration_s:g}s" if cfg.duration_s is not None else ""
+        log(f"{model} {point.label}: {cfg.warmup} warm-up + up to {cfg.num_requests} requests{cap}")
+        scrapes: list[Scrape | None] = []
+        mark = functools.partial(_scrape_into, scrapes, client, cfg.engine_metrics_url)
         records = await run_point(client, plan.endpoint, model, cfg.scenario, plan.items, point, plan.limits,
-                                  clock)
+                                  clock, after_warmup=mark)
+        await mark()
         append_records(plan.run_dir / RECORDS_NAME, records)
         m = compute_metrics(records, plan.slo)
         result["points"].append({"point": point.label, "mode": point.mode, "value": point.value,
-                                 "metrics": asdict(m)})
-        ttft = f"{m.ttft_ms.p50:.0f}/{m.ttft_ms.p99:.0f} ms" if m.ttft_ms else "n/a"
+                                 "metrics": asdict(m), "engine_phases": _phases(scrapes, records)})
+        p99 = f"{m.ttft_ms.p99:.0f}" if m.ttft_ms and m.ttft_ms.backed("p99") else "(n too small)"
+        ttft = f"{m.ttft_ms.p50:.0f}/{p99} ms" if m.ttft_ms else "n/a"
         log(f"{model} {point.label}: {m.completed}/{m.requests} ok, TTFT p50/p99 {ttft}, "
             f"{m.output_throughput:.1f} tok/s, goodput {m.goodput_rps or 0:.2f} req/s")
         if m.failed:
@@ -170,6 +177,22 @@ async def _measure_model(client: httpx.AsyncClient, cfg: EvalConfig, plan: _Plan
         result["tasks"] = scores.to_dict()
         log(f"{model}: task accuracy {scores.accuracy:.1%} ({scores.errors} request errors)")
     return result
+
+
+async def _scrape_into(scrapes: list[Scrape | None], client: httpx.AsyncClient, url: str | None) -> None:
+    if url:
+        scrapes.append(await scrape(client, url))
+
+
+def _phases(scrapes: list[Scrape | None], records: list[RequestRecord]) -> dict[str, Any] | None:
+    """The point's own [sum s, count] per vLLM phase (after minus before), and the gateway's mean time."""
+    if len(scrapes) != 2 or scrapes[0] is None or scrapes[1] is None:
+        return None
+    before, after = scrapes
+    phases: dict[str, Any] = {p: [after[p][0] - before[p][0], after[p][1] - before[p][1]] for p in after}
+    own = [r.gateway_ms for r in records if r.gateway_ms is not None]
+    phases["gateway_ms_mean"] = sum(own) / len(own) if own else None
+    return phases
 
 
 async def run_eval_async(cfg: EvalConfig) -> Path:
@@ -206,6 +229,10 @@ async def run_eval_async(cfg: EvalConfig) -> Path:
         "source_model": source,
         "models": models,
         "serving": serving,
+        # `quantserve run` measures each model alone and says so (eval/isolation.py); an endpoint given here
+        # serves whatever it serves, neighbours included
+        "isolation": "all models up together: they share the machine",
+        "memory_bandwidth": asdict(measure_bandwidth()),
         "not_served": cfg.not_served,
         "tasks_file": str(plan.tasks_file.resolve()) if plan.tasks_file else None,
         "results": results,

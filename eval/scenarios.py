@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from quantserve.errors import UserError
+from quantserve.jsonl import read_jsonl
 
 
 class ScenarioItem(BaseModel):
@@ -37,20 +37,7 @@ def load_scenario(name_or_path: str) -> list[ScenarioItem]:
     if not path.is_file():
         known = ", ".join(available_scenarios()) or "none found"
         raise UserError(f"scenario file not found: {path} (available scenarios: {known})")
-    items: list[ScenarioItem] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(ScenarioItem.model_validate(json.loads(line)))
-        except (json.JSONDecodeError, ValidationError) as err:
-            first = str(err).splitlines()[0] if isinstance(err, json.JSONDecodeError) else _first_error(err)
-            raise UserError(f"{path}:{lineno}: not a scenario item ({first})") from None
+    items = read_jsonl(path, ScenarioItem.model_validate, "a scenario item")
     if not items:
         raise UserError(f"scenario file is empty: {path}")
     return items
-
-
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"

@@ -5,18 +5,31 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from quantserve.eval.report_schema import Dist, PointRow, Report, VariantRow
+from quantserve.eval.report_schema import CI, Dist, PointRow, Report, VariantRow
 
 Table = tuple[list[str], list[list[str]]]
 NONE = "–"
+TOO_SMALL = "n too small"
 
 
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return NONE if value is None else format(value, spec)
 
 
+def with_ci(value: float | None, ci: CI | None, spec: str = ".2f") -> str:
+    """GuideLLM's form: value ± half-width of the 95% interval; the bare value where there is none."""
+    if value is None:
+        return NONE
+    return f"{value:{spec}} ± {ci.half_width:{spec}}" if ci else format(value, spec)
+
+
 def _p(dist: Dist | None, stat: str, spec: str = ".0f") -> str:
-    return NONE if dist is None else format(getattr(dist, stat), spec)
+    if dist is None:
+        return NONE
+    value = getattr(dist, stat)
+    if value is None:  # the sample cannot back this percentile (report_schema.Dist)
+        return TOO_SMALL
+    return with_ci(value, getattr(dist, f"{stat}_ci", None), spec)
 
 
 def servable_cell(row: VariantRow) -> str:
@@ -38,10 +51,10 @@ def summary_table(report: Report) -> Table:
             v.name + (" (source)" if v.is_source else ""), fmt(v.bits, "d"),
             fmt(v.size_bytes / 1e6 if v.size_bytes else None, ".1f"), fmt(v.size_ratio, ".3f"),
             fmt(q.ppl_ratio, ".3f"), fmt(q.kld_mean, ".4f"), fmt(q.top1_agreement, ".3f"),
-            fmt(q.task_accuracy, ".2f"), fmt(q.recovery, ".2f"),
+            with_ci(q.task_accuracy, q.task_accuracy_ci), with_ci(q.recovery, q.recovery_ci),
             _p(lat.ttft_ms if lat else None, "p50"), _p(lat.ttft_ms if lat else None, "p99"),
             _p(lat.tpot_ms if lat else None, "p50", ".1f"),
-            fmt(v.throughput.output_tok_s if v.throughput else None, ".1f"),
+            with_ci(v.throughput.output_tok_s, v.throughput.output_tok_s_ci, ".1f") if v.throughput else NONE,
             fmt(v.cost.usd_per_1m_output_tokens if v.cost else None, ".3g"), servable_cell(v),
         ])
     return headers, rows
@@ -54,7 +67,7 @@ def _slo_cell(point: PointRow, has_slo: bool) -> str:
 
 
 def points_table(variant: VariantRow, has_slo: bool) -> Table:
-    headers = ["load", "ok / sent", "errors", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms", "ITL p50 / p99 ms",
+    headers = ["load", "n (ok / sent)", "errors", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms", "ITL p50 / p99 ms",
                "E2E p50 / p99 ms", "output tok/s", "req/s", "goodput req/s", "$/1M tok", "SLO (p-values)"]
     rows = []
     for p in variant.by_concurrency:
@@ -67,7 +80,7 @@ def points_table(variant: VariantRow, has_slo: bool) -> Table:
         rows.append([
             p.point, f"{p.completed} / {p.requests}", f"{p.error_rate:.0%}", pair("ttft_ms"),
             pair("tpot_ms", ".1f"), pair("itl_ms", ".1f"), pair("e2e_ms"),
-            fmt(p.throughput.output_tok_s if p.throughput else None, ".1f"),
+            with_ci(p.throughput.output_tok_s, p.throughput.output_tok_s_ci, ".1f") if p.throughput else NONE,
             fmt(p.throughput.request_s if p.throughput else None, ".2f"), fmt(p.goodput_rps, ".2f"),
             fmt(p.cost.usd_per_1m_output_tokens if p.cost else None, ".3g"), _slo_cell(p, has_slo),
         ])
@@ -76,15 +89,33 @@ def points_table(variant: VariantRow, has_slo: bool) -> Table:
 
 def quality_table(report: Report) -> Table:
     headers = ["variant", "method", "scheme", "bits", "PPL", "PPL ratio", "KLD mean", "top-1 agreement",
-               "task accuracy", "accuracy by kind", "recovery"]
+               "task accuracy (n)", "accuracy by kind", "vs source: only source / only variant right, p",
+               "recovery", "quality floor"]
     rows = []
     for v in report.variants:
         q = v.quality
         kinds = ", ".join(f"{k} {a:.2f}" for k, a in (q.task_accuracy_by_kind or {}).items()) or NONE
+        accuracy = with_ci(q.task_accuracy, q.task_accuracy_ci) + (f" ({q.task_items})" if q.task_items else "")
         rows.append([v.name, v.method or NONE, v.scheme or NONE, fmt(v.bits, "d"), fmt(q.ppl, ".2f"),
                      fmt(q.ppl_ratio, ".3f"), fmt(q.kld_mean, ".4f"), fmt(q.top1_agreement, ".3f"),
-                     fmt(q.task_accuracy, ".2f"), kinds, fmt(q.recovery, ".2f")])
+                     accuracy, kinds, _paired_cell(v), with_ci(q.recovery, q.recovery_ci),
+                     _floor_cell(report, v)])
     return headers, rows
+
+
+def _paired_cell(v: VariantRow) -> str:
+    q = v.quality
+    if v.is_source or q.paired_p_value is None:
+        return NONE
+    return (f"{q.only_source_right} / {q.only_variant_right}, p = {q.paired_p_value:.2g} "
+            f"(McNemar, {q.paired_items} items)")
+
+
+def _floor_cell(report: Report, v: VariantRow) -> str:
+    verdict = report.recommendation.quality_floor.get(v.name)
+    if verdict is None or verdict.passed is None:
+        return NONE
+    return ("pass: " if verdict.passed else "fail: ") + verdict.reason
 
 
 def vram_table(plan: dict[str, Any]) -> Table:

@@ -7,7 +7,6 @@ line; greedy decoding (temperature 0) with a short max_tokens, scored by exact r
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -15,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from quantserve.errors import UserError
 from quantserve.eval.endpoint import Endpoint
+from quantserve.eval.stats import Interval, bootstrap_ratio, mcnemar_exact, wilson_interval
+from quantserve.jsonl import read_jsonl
 
 DEFAULT_TASKS = "tasks/support_tasks.jsonl"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -48,29 +49,28 @@ def default_tasks_path() -> Path:
 def load_tasks(path: Path) -> list[Task]:
     if not path.is_file():
         raise UserError(f"task file not found: {path}")
-    tasks = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            tasks.append(Task.model_validate(json.loads(line)))
-        except (ValueError, ValidationError) as err:
-            raise UserError(f"{path}:{lineno}: not a task ({' '.join(str(err).split())[:200]})") from None
+    tasks = read_jsonl(path, Task.model_validate, "a task")
     if not tasks:
         raise UserError(f"task file is empty: {path}")
     return tasks
+
+
+def _whole_word(text: str) -> str:
+    """A pattern for text not glued to other word characters: "ice" is not found in "price"."""
+    text = text.strip()
+    pattern = re.escape(text)
+    if text[:1].isalnum():
+        pattern = r"(?<!\w)" + pattern
+    if text[-1:].isalnum():
+        pattern += r"(?!\w)"
+    return pattern
 
 
 def _first_choice(output: str, choices: list[str]) -> str | None:
     """The choice whose earliest whole-word occurrence comes first in the output."""
     best: tuple[int, str] | None = None
     for choice in choices:
-        pattern = re.escape(choice.strip())
-        if choice[:1].isalnum():
-            pattern = r"(?<!\w)" + pattern
-        if choice[-1:].isalnum():
-            pattern += r"(?!\w)"
-        found = re.search(pattern, output, re.IGNORECASE)
+        found = re.search(_whole_word(choice), output, re.IGNORECASE)
         if found and (best is None or found.start() < best[0]):
             best = (found.start(), choice)
     return best[1] if best else None
@@ -92,7 +92,7 @@ def score(task: Task, output: str) -> bool:
         picked = _first_choice(output, task.choices or [])
         return picked is not None and picked.strip().lower() == expected.lower()
     if task.match == "contains":
-        return expected.lower() in output.lower()
+        return re.search(_whole_word(expected), output, re.IGNORECASE) is not None
     got, want = _first_number(output), _first_number(expected)
     return got is not None and want is not None and abs(got - want) <= 1e-9 * max(1.0, abs(want))
 
@@ -142,6 +142,41 @@ def recovery(variant_accuracy: float | None, source_accuracy: float | None) -> f
     if variant_accuracy is None or not source_accuracy:
         return None
     return variant_accuracy / source_accuracy
+
+
+@dataclass(frozen=True)
+class TaskQuality:
+    """One model's task accuracy with its uncertainty, and how it compares with the source item by item."""
+
+    n: int  # items scored
+    accuracy: Interval  # Wilson 95%
+    paired: int  # items both this model and the source answered (matched by id); 0 without per-item results
+    only_source_right: int  # McNemar's discordant pairs
+    only_model_right: int
+    p_value: float | None  # exact McNemar, two-sided; None without paired items
+    recovery: float | None  # Σ model right / Σ source right over the paired items (else accuracy ratio)
+    recovery_ci: Interval | None  # paired bootstrap 95% over items; None without paired items
+
+
+def task_quality(scores: TaskScores, source: TaskScores | None) -> TaskQuality | None:
+    """None when nothing was scored. Item by item when both carry per-item results; a run without them
+    (older eval.json) still gets the accuracy interval and a recovery figure without an interval."""
+    if scores.total == 0:
+        return None
+    accuracy = wilson_interval(scores.correct, scores.total)
+    if source is None:
+        return TaskQuality(scores.total, accuracy, 0, 0, 0, None, None, None)
+    theirs = {r.id: r.correct for r in source.results}
+    pairs = [(theirs[r.id], r.correct) for r in scores.results if r.id in theirs]
+    if not pairs:
+        return TaskQuality(scores.total, accuracy, 0, 0, 0, None, recovery(scores.accuracy, source.accuracy),
+                           None)
+    b = sum(s and not m for s, m in pairs)
+    c = sum(m and not s for s, m in pairs)
+    # Resampling items keeps each item's two answers together: what makes an item hard for both cancels.
+    rec = bootstrap_ratio([float(m) for _, m in pairs], [float(s) for s, _ in pairs])
+    return TaskQuality(scores.total, accuracy, len(pairs), b, c, mcnemar_exact(b, c),
+                       rec.value if rec else None, rec)
 
 
 async def _ask(client: httpx.AsyncClient, endpoint: Endpoint, model: str, task: Task, max_tokens: int,

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from quantserve.errors import UserError
+from quantserve.group_size import auto_group_size, quantized_in_features
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 DEFAULT_PLAN_MODEL = "llama-3.1-8b-instruct"
@@ -89,16 +90,10 @@ class Precision:
     def effective_bits(self, config: ModelConfig | None = None) -> float:
         group = self.group_size
         if self.auto_group and config is not None:
-            group = auto_group_size(config)
+            group = auto_group_size(quantized_in_features(config.model_dump()))
         if self.bits >= 16 or not group:
             return float(self.bits)
         return self.bits + self.scale_bits / group
-
-
-def auto_group_size(config: ModelConfig) -> int | None:
-    """Same rule as quantize's group_size "auto": the largest of 128/64/32 dividing every Linear input width."""
-    widths = (config.hidden_size, config.intermediate_size, config.num_attention_heads * config.head_dim)
-    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
 
 
 def precision_of(variant: str, scheme: str, bits: int, group_size: int | None,

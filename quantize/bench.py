@@ -8,7 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-from quantserve.quantize.manifest import list_manifests
+from quantserve.manifest import list_manifests
 
 INT4_SIZE_RATIO_TARGET = 0.45  # on the default: its tied 28M-parameter embedding stays 16-bit
 

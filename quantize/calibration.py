@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from array import array
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from quantserve.errors import UserError
+from quantserve.jsonl import read_jsonl
 
 CALIBRATION_FILE = "calibration/support_chat.jsonl"
 HELDOUT_FILE = "heldout/support_heldout.jsonl"
 
 
-def load_conversations(path: Path) -> list[list[dict]]:
+class _Conversation(BaseModel):
+    messages: list[dict[str, Any]]
+
+
+def load_conversations(path: Path) -> list[list[dict[str, Any]]]:
     if not path.is_file():
         raise UserError(f"text file {path} does not exist")
-    convs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            convs.append(json.loads(line)["messages"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{n} is not a JSON line with a 'messages' list") from None
+    convs = read_jsonl(path, lambda data: _Conversation.model_validate(data).messages, "a conversation")
     if not convs:
         raise UserError(f"{path} holds no conversations")
     return convs

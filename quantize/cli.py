@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from quantserve.model_fetch import DEFAULT_MODEL
+from quantserve.group_size import CANDIDATES
+from quantserve.model_fetch import DEFAULT_MODEL, is_default_model
+from quantserve.quantize.recipes import load_variants
+from quantserve.quantize.runner import QuantizeOptions
+
+# Defaults and the variant list come from where they are defined, so help never disagrees with behaviour.
+_DEFAULTS = QuantizeOptions(threads=0)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,21 +30,22 @@ def register(app: typer.Typer) -> None:
         """Make the source model a local HF folder and print its path (cached: a second fetch is a no-op)."""
         from quantserve.model_fetch import ensure_default_model, resolve_model
 
-        path = ensure_default_model(force=True) if force and model == DEFAULT_MODEL else resolve_model(model)
+        path = ensure_default_model(force=True) if force and is_default_model(model) else resolve_model(model)
         typer.echo(path)
 
     @app.command("quantize")
     def quantize_cmd(
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Embedded default name, HF id, or local folder."),
-        variants: str = typer.Option("all", "--variants", "-v",
+        variants: str = typer.Option(_DEFAULTS.variants, "--variants", "-v",
                                      help="Comma list from quantize/variants.yaml, or 'all': "
-                                          "gptq-w4a16, awq-w4a16, w8a8-int8, bnb-nf4, bnb-int8."),
-        out: Path = typer.Option(Path("variants"), "--out", "-o", help="Folder that receives one folder per variant."),
-        samples: int = typer.Option(64, min=1, help="Calibration samples (GPTQ/AWQ/W8A8)."),
-        seq_len: int = typer.Option(256, min=16, help="Tokens per calibration sample."),
-        group_size: str = typer.Option("auto", help="INT4 group size, or 'auto': the largest of 128/64/32 "
-                                                    "dividing every quantized layer's input width."),
+                                          f"{', '.join(load_variants())}."),
+        out: Path = typer.Option(_DEFAULTS.out, "--out", "-o", help="Folder that receives one folder per variant."),
+        samples: int = typer.Option(_DEFAULTS.samples, min=1, help="Calibration samples (GPTQ/AWQ/W8A8)."),
+        seq_len: int = typer.Option(_DEFAULTS.seq_len, min=16, help="Tokens per calibration sample."),
+        group_size: str = typer.Option(str(_DEFAULTS.group_size), help="INT4 group size, or 'auto': the largest "
+                                       f"of {'/'.join(map(str, CANDIDATES))} dividing every quantized layer's "
+                                       "input width."),
         force: bool = typer.Option(False, help="Rebuild even when the same recipe was already published."),
         max_kld: float = typer.Option(None, help="Fail, and do not publish, a variant whose mean KLD is above this."),
         min_top1: float = typer.Option(None, help="Fail, and do not publish, a variant whose top-1 agreement is "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from quantserve.manifest import MANIFEST_NAME
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
@@ -37,5 +39,5 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name != MANIFEST_NAME  # the manifest holds these hashes: it cannot hash itself
     }

@@ -9,11 +9,11 @@ in a temp folder and renamed into place, so a killed build leaves nothing the pr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
+from quantserve.atomic import replace_dir, temp_path_for
 from quantserve.progress import step
 from quantserve.quantize.recipes import BnbRecipe, load_variants
 
@@ -28,8 +28,8 @@ def _rtn(fmt: str, source: Path, out: Path) -> None:
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantserve.group_size import choose_group_size, quantized_in_features
     from quantserve.quantize.build_llmcompressor import w4_scheme
-    from quantserve.quantize.group_size import choose_group_size, quantized_in_features
 
     recipe = load_variants()[RECIPE_OF_FORMAT[fmt]]
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
@@ -46,7 +46,7 @@ def _rtn(fmt: str, source: Path, out: Path) -> None:
 
 def build(fmt: str, source: Path, root: Path) -> None:
     target = root / fmt
-    tmp = root / f".{fmt}.tmp-{os.getpid()}"
+    tmp = temp_path_for(target)
     shutil.rmtree(tmp, ignore_errors=True)
     with step(f"probe checkpoint {fmt}"):
         recipe = load_variants()[RECIPE_OF_FORMAT[fmt]]
@@ -56,8 +56,7 @@ def build(fmt: str, source: Path, root: Path) -> None:
             build_bnb.build(recipe, source, tmp)
         else:
             _rtn(fmt, source, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    replace_dir(tmp, target)
 
 
 def main(argv: list[str]) -> None:

@@ -4,28 +4,18 @@ place until the new one replaces it, so a killed rebuild never loses both."""
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import functools
 import os
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from quantserve.atomic import TMP_TAG, replace_dir, temp_path_for
 from quantserve.errors import UserError
-from quantserve.quantize.manifest import MANIFEST_NAME, Manifest
+from quantserve.manifest import MANIFEST_NAME, Manifest
 
 OWNER_MARK = ".quantserve-variants"
-_TMP_TAG = ".tmp-"
 # `.NAME.old.tmp-PID`: a published variant set aside by the rename fallback of `publish`. The same name
 # the earlier two-rename publish used, so what a run of that version left behind is recovered too.
 _ASIDE_SUFFIX = ".old"
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 1 << 1
-# What renameat2 answers when the kernel or the filesystem cannot exchange (not: this exchange is wrong).
-_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -45,8 +35,8 @@ def prepare_out_dir(out: Path) -> None:
 def remove_stale_builds(out: Path) -> None:
     """Clear what dead runs left. A variant set aside whose folder is missing is the only copy left (its run
     died between the two renames of the fallback in `publish`): it goes back instead."""
-    for path in sorted(out.glob(f".*{_TMP_TAG}*")):
-        pid = path.name.rsplit(_TMP_TAG, 1)[-1]
+    for path in sorted(out.glob(f".*{TMP_TAG}*")):
+        pid = path.name.rsplit(TMP_TAG, 1)[-1]
         if pid.isdigit() and _alive(int(pid)):
             continue
         final = _aside_of(path)
@@ -60,7 +50,7 @@ def remove_stale_builds(out: Path) -> None:
 
 def _aside_of(path: Path) -> Path | None:
     """The variant folder `path` was set aside from, or None when `path` is no whole published variant."""
-    stem = path.name.rsplit(_TMP_TAG, 1)[0]
+    stem = path.name.rsplit(TMP_TAG, 1)[0]
     if not (stem.startswith(".") and stem.endswith(_ASIDE_SUFFIX)):
         return None
     final = path.with_name(stem[1:-len(_ASIDE_SUFFIX)])
@@ -83,7 +73,7 @@ def _alive(pid: int) -> bool:
 
 
 def temp_dir_for(target: Path) -> Path:
-    tmp = target.parent / f".{target.name}{_TMP_TAG}{os.getpid()}"
+    tmp = temp_path_for(target)
     if tmp.exists():
         shutil.rmtree(tmp)
     return tmp
@@ -94,54 +84,15 @@ def publish(tmp: Path, target: Path) -> None:
     it: in one exchange where the system has it, else in two renames the next run can undo."""
     if not (tmp / MANIFEST_NAME).is_file():
         raise RuntimeError(f"refusing to publish {tmp}: it has no manifest")
-    if not target.exists():
-        tmp.rename(target)
-    elif _exchange(tmp, target):
-        shutil.rmtree(tmp, ignore_errors=True)  # the old variant, now at the temp path
-    else:
-        _replace_via_aside(tmp, target)
+    replace_dir(tmp, target, fallback=_replace_via_aside)
 
 
 def _replace_via_aside(tmp: Path, target: Path) -> None:
-    aside = target.parent / f".{target.name}{_ASIDE_SUFFIX}{_TMP_TAG}{os.getpid()}"
+    aside = temp_path_for(target, _ASIDE_SUFFIX)
     target.rename(aside)
     # A kill here leaves no `target`: remove_stale_builds in the next run renames `aside` back.
     tmp.rename(target)
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step; False where the OS or the filesystem cannot."""
-    try:
-        _renameat2(a, b, _RENAME_EXCHANGE)
-    except OSError as err:
-        if err.errno in _NO_EXCHANGE:
-            return False
-        raise
-    return True
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> None:
-    call = _libc_renameat2()
-    if call is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available here")
-    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(src), None, str(dst))
-
-
-@functools.cache
-def _libc_renameat2() -> Callable[..., int] | None:
-    # Python has no binding for renameat2; glibc has had it since 2.28, and other C libraries may lack it.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        call = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call
 
 
 def check_free_space(out: Path, need_bytes: int) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from quantserve.errors import UserError
+from quantserve.errors import UserError, first_validation_error
 
 VARIANTS_FILE = Path(__file__).with_name("variants.yaml")
 
@@ -32,9 +30,6 @@ class _Recipe(BaseModel):
     @property
     def needs_calibration(self) -> bool:
         return True
-
-    def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 class GPTQRecipe(_Recipe):
@@ -101,7 +96,8 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
         try:
             out[name] = parse_recipe(body)
         except ValidationError as err:
-            raise UserError(f"{path}: variant {name!r} is not a valid recipe: {err.errors()[0]['msg']}") from None
+            raise UserError(f"{path}: variant {name!r} is not a valid recipe: "
+                            f"{first_validation_error(err)}") from None
     return out
 
 

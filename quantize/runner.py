@@ -15,15 +15,16 @@ from pathlib import Path
 
 from quantserve import __version__
 from quantserve.errors import UserError
-from quantserve.model_fetch import DEFAULT_MODEL, default_model_dir, resolve_model
+from quantserve.group_size import choose_group_size, quantized_in_features
+from quantserve.manifest import GRID_NOTE, Manifest, SourceInfo
+from quantserve.model_fetch import DEFAULT_MODEL, default_model_dir, is_default_model, resolve_model
 from quantserve.progress import say, step
 from quantserve.prompts import prompt_path
 from quantserve.quantize import publish
 from quantserve.quantize.calibration import CALIBRATION_FILE, HELDOUT_FILE
 from quantserve.quantize.files import file_hashes, sha256_file, weight_bytes, weights_sha256
-from quantserve.quantize.group_size import choose_group_size, quantized_in_features
-from quantserve.quantize.manifest import GRID_NOTE, Manifest, SourceInfo
 from quantserve.quantize.recipes import select_variants
+from quantserve.quantize.vllm_check import VllmVerdict
 from quantserve.quantize.worker import RESULT_NAME, BuildResult, BuildSpec
 from quantserve.stage_env import quant_python, serve_python
 
@@ -46,7 +47,7 @@ class QuantizeOptions:
 
 
 def model_slug(spec: str, path: Path) -> str:
-    if spec in (DEFAULT_MODEL, "default") or path == default_model_dir():
+    if is_default_model(spec) or path == default_model_dir():
         return DEFAULT_MODEL
     return (path.name if Path(spec).exists() else spec.split("/")[-1]).lower()
 
@@ -63,17 +64,16 @@ class _VllmChecker:
                 stderr=subprocess.DEVNULL, text=True,
             )
 
-    def check(self, folder: Path) -> dict:
+    def check(self, folder: Path) -> VllmVerdict:
         if self.proc is None:
             reason = "vLLM is not installed in any environment found (run `make install`)"
-            return {"vllm_loadable": None, "vllm_loadable_reason": reason, "servable_here": False,
-                    "servable_reason": reason}
+            return VllmVerdict(str(folder), None, reason, False, reason)
         self.proc.stdin.write(f"{folder}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the vLLM check process died; run `python -m quantserve.quantize.vllm_check DIR`")
-        return json.loads(line)
+        return VllmVerdict.from_json(line)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -206,8 +206,8 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     versions=result.versions, wall_time_s=result.wall_time_s,
                     peak_rss_bytes=result.peak_rss_bytes, weight_bytes=w_bytes,
                     size_ratio=round(w_bytes / src_bytes, 4), quality=result.quality,
-                    vllm_loadable=verdict["vllm_loadable"], vllm_loadable_reason=verdict["vllm_loadable_reason"],
-                    servable_here=verdict["servable_here"], servable_reason=verdict["servable_reason"],
+                    vllm_loadable=verdict.vllm_loadable, vllm_loadable_reason=verdict.vllm_loadable_reason,
+                    servable_here=verdict.servable_here, servable_reason=verdict.servable_reason,
                     files=file_hashes(tmp), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                     quantserve_version=__version__,
                 )

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from quantserve.errors import UserError
-from quantserve.quantize.manifest import Manifest, list_manifests
+from quantserve.manifest import Manifest, list_manifests
+from quantserve.text import shorten
 
 
 def _rows(root: Path) -> list[Manifest]:
@@ -24,10 +25,6 @@ def summary(m: Manifest) -> dict:
         "top1_agreement": q and round(q.top1_agreement, 3), "vllm_loadable": m.vllm_loadable,
         "servable_here": m.servable_here, "servable_reason": m.servable_reason, "wall_time_s": m.wall_time_s,
     }
-
-
-def _short(reason: str, width: int = 90) -> str:
-    return reason if len(reason) <= width else reason[: width - 1] + "…"
 
 
 def print_json(root: Path) -> None:
@@ -51,7 +48,7 @@ def print_table(root: Path) -> None:
             fmt(s["size_ratio"], ".3f"), fmt(s["ppl_ratio"], ".3f"), fmt(s["kld_mean"], ".4f"),
             fmt(s["top1_agreement"], ".3f"), {True: "yes", False: "no", None: "not checked"}[s["vllm_loadable"]],
             {True: "yes", False: "no: ", None: "not checked: "}[s["servable_here"]]
-            + ("" if s["servable_here"] else _short(s["servable_reason"])),
+            + ("" if s["servable_here"] else shorten(s["servable_reason"], 90)),
         )
     console = Console(width=200)
     console.print(table)

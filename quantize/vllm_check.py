@@ -16,11 +16,20 @@ from pathlib import Path
 
 @dataclass
 class VllmVerdict:
+    """What crosses the process boundary: one JSON line each way, typed on both sides."""
+
     path: str
     vllm_loadable: bool | None
     vllm_loadable_reason: str
     servable_here: bool | None  # None: not checked (this machine was never probed)
     servable_reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> VllmVerdict:
+        return cls(**json.loads(line))
 
 
 def _here_verdict(model_dir: Path) -> tuple[bool | None, str]:
@@ -63,7 +72,7 @@ def main(argv: list[str]) -> None:
     # With no arguments it serves paths from stdin, one per line, so a caller pays vLLM's import once.
     for arg in argv or (line.strip() for line in sys.stdin):
         if arg:
-            print(json.dumps(asdict(check(Path(arg)))), flush=True)
+            print(check(Path(arg)).to_json(), flush=True)
 
 
 if __name__ == "__main__":

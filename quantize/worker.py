@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from quantserve.manifest import CalibrationInfo, Quality
 from quantserve.progress import step
-from quantserve.quantize.manifest import CalibrationInfo, Quality
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate")
 RESULT_NAME = ".build.json"

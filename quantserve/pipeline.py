@@ -1,9 +1,9 @@
 """`quantserve run` (`make run`): the whole job on one model, offline.
 
-fetch -> probe this machine -> quantize -> serve what runs here -> load + tasks through the gateway -> report.
-Each stage is the same code its own command runs; this module only sequences them and sizes the eval to the time
-budget. A variant that does not run here, or whose engine fails to start, is left out with its reason, and the
-report says why; the others go on.
+fetch -> probe this machine -> quantize -> for each model that runs here, alone: serve it, load + tasks through
+the gateway, stop it -> the source again (this machine's noise) -> report. Each stage is the same code its own
+command runs; this module only sequences them and sizes the eval to the time budget. A variant that does not run
+here, or whose engine fails to start, is left out with its reason, and the report says why; the others go on.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantserve.checkpoint import FORMATS
+from quantserve.errors import UserError
 from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.probe import ProbeResult, ensure_probe
 from quantserve.progress import say
@@ -34,14 +35,14 @@ class RunOptions:
     max_tokens: int = 64
     gpu: str = "cpu-2core"
     slo: str | None = None
-    # Engines idle while another model is measured, so several fit 2 cores; each holds ~1-2 GB of RAM.
+    # models measured, the source included; one engine runs at a time
     max_engines: int = 6
 
 
 def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult) -> tuple[list[str], dict[str, str]]:
     """Variants to host beside the source: those whose format the probe runs here, 8-bit first (closest to the
     source), up to the engine budget; the rest with the reason."""
-    from quantserve.quantize.manifest import list_manifests
+    from quantserve.manifest import list_manifests
 
     found = list_manifests(variants_dir)
     verdicts = {m.name: probe.verdict_for(folder) for folder, m in found}
@@ -53,12 +54,11 @@ def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult) -> tu
 
 
 def run(opts: RunOptions) -> Path:
+    from quantserve.eval.isolation import merge_runs
     from quantserve.eval.report import ReportConstraints, build_report
-    from quantserve.eval.runner import EvalConfig, default_run_dir, run_eval, update_latest
+    from quantserve.eval.runner import default_run_dir, update_latest
     from quantserve.model_fetch import resolve_model
     from quantserve.quantize.runner import QuantizeOptions, quantize
-    from quantserve.serve.config import load_config
-    from quantserve.serve.stack import ServeStack
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The serve stage reports through logging (engines starting, up, skipped); the other stages print lines.
@@ -81,18 +81,24 @@ def run(opts: RunOptions) -> Path:
     served, skipped = _pick_served(opts.variants_dir, opts.max_engines, probe)
     for name, why in skipped.items():
         say(f"not served in this run: {name}: {why}")
-    stage(4, f"serve the source + {', '.join(served) or 'no variant'}")
-    refs = [str(source), *(str(opts.variants_dir / name) for name in served)]
-    config = load_config(None, model_refs=refs, auth=False, port=0)
-    with ServeStack(config, probe=lambda: probe, best_effort=True) as stack:
-        skipped.update(stack.skipped)
-        stage(5, f"evaluate {', '.join(stack.models)} through the gateway at {stack.base_url}")
-        run_dir = run_eval(EvalConfig(
-            base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
-            num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
-            slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=default_run_dir(opts.runs_dir),
-            not_served=skipped,
-        ))
+    run_dir = default_run_dir(opts.runs_dir)
+    models = [str(source), *(str(opts.variants_dir / name) for name in served)]
+    stage(4, f"serve and evaluate each model alone, the other engines stopped: {len(models)} model(s)")
+    parts: list[Path] = []
+    source_name: str | None = None
+    for i, ref in enumerate(models, 1):
+        say(f"-- model {i}/{len(models)}: {Path(ref).name}")
+        part = _measure_alone(ref, opts, probe, run_dir / "parts" / f"{i:02d}-{Path(ref).name}", skipped)
+        if part is not None:
+            parts.append(part)
+            if i == 1:
+                source_name = _served_name(part)
+    if not parts:
+        raise UserError("nothing was measured: every engine failed to start (see the reasons above)")
+    stage(5, "the source again, to state this machine's noise")
+    repeat = (_measure_alone(str(source), opts, probe, run_dir / "parts" / "repeat-source", skipped, tasks=False)
+              if source_name is not None else None)
+    merge_runs(parts, run_dir, source_name, repeat, skipped)
     stage(6, "report")
     html = build_report(run_dir, opts.variants_dir, ReportConstraints(slo=opts.slo, gpu=opts.gpu))
     update_latest(run_dir)
@@ -100,3 +106,33 @@ def run(opts: RunOptions) -> Path:
     say(f"report: {html}")
     say(f"        {run_dir / 'report.md'}")
     return html
+
+
+def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, skipped: dict[str, str],
+                   tasks: bool = True) -> Path | None:
+    """Serve one model (its engine the only one running), measure it through the gateway, stop it."""
+    from quantserve.eval.runner import EvalConfig, run_eval
+    from quantserve.serve.config import load_config
+    from quantserve.serve.stack import ServeStack
+
+    config = load_config(None, model_refs=[ref], auth=False, port=0)
+    try:
+        with ServeStack(config, probe=lambda: probe, best_effort=True) as stack:
+            skipped.update(stack.skipped)
+            return run_eval(EvalConfig(
+                base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
+                num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
+                slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
+                tasks=tasks, engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
+            ))
+    except UserError as err:  # its engine failed to start: the others go on
+        skipped[Path(ref).name] = str(err)
+        say(f"not measured: {Path(ref).name}: {err}")
+        return None
+
+
+def _served_name(part: Path) -> str | None:
+    from quantserve.eval.runner import read_eval
+
+    models = read_eval(part)["models"]
+    return models[0] if models else None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from quantserve.atomic import write_text
 from quantserve.checkpoint import FORMATS, checkpoint_format
 from quantserve.device import Device
 from quantserve.errors import UserError
@@ -157,10 +158,7 @@ def _probe(machine: Machine, force: bool) -> ProbeResult:
     trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype))
     result = ProbeResult(machine=machine, model=model, probed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                          wall_time_s=round(time.perf_counter() - started, 1), trials=trials)
-    path = cache_path(machine)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
+    path = write_text(cache_path(machine), result.model_dump_json(indent=2) + "\n")
     say(f"probe done in {result.wall_time_s:.0f}s; cached at {path}")
     return result
 

@@ -19,7 +19,10 @@ UNKNOWN_MODEL = "unknown"  # metric label for models the gateway does not serve:
 
 
 @dataclass
-class RequestRecord:
+class MeteredRequest:
+    """One request through the gateway as it is metered: who sent it, for which model, what it used, how it
+    ended. Not eval's RequestRecord (a client-side timing of one measured request)."""
+
     endpoint: str
     arrived: float  # unix time, for the ledger
     started: float  # perf_counter, for durations
@@ -39,7 +42,7 @@ class RequestRecord:
     finished: bool = False
 
     @classmethod
-    def begin(cls, endpoint: str) -> RequestRecord:
+    def begin(cls, endpoint: str) -> MeteredRequest:
         return cls(endpoint=endpoint, arrived=time.time(), started=time.perf_counter())
 
 
@@ -58,7 +61,7 @@ class Accounting:
         self.gateway_id = gateway_id
         self.log_prompts = log_prompts
 
-    def finish(self, rec: RequestRecord) -> None:
+    def finish(self, rec: MeteredRequest) -> None:
         if rec.finished:
             return
         rec.finished = True

@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
-from quantserve.eval.metrics import percentile
 from quantserve.serve.bench_stub import LoadResult, drive, request_bytes, run_fast
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.engines import allocate_ports, die_with_parent
 from quantserve.serve.gateway import GatewayProcess
 from quantserve.serve.keys import KeyStore
+from quantserve.serve.processes import allocate_ports, die_with_parent
+from quantserve.stats import percentile
 
 log = logging.getLogger("quantserve.serve.bench")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from quantserve.device import resolve_device
 from quantserve.errors import UserError
+from quantserve.manifest import MANIFEST_NAME, Manifest, list_manifests
+from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.probe import ProbeProvider, ProbeResult, Verdict, ensure_probe
-from quantserve.quantize.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.serve.config import ModelSpec, ServeConfig
-
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+from quantserve.text import shorten
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def resolve_catalog(config: ServeConfig, probe: ProbeProvider | None = None) -> 
             _add_variant(catalog, folder, manifest, config, verdicts, variants, named=False)
 
     if not catalog.models and config.variants_dir is None and not config.model_refs and not config.models:
-        catalog.warnings.append(f"no --variants or --model given: serving the default {DEFAULT_MODEL_NAME}")
+        catalog.warnings.append(f"no --variants or --model given: serving the default {DEFAULT_MODEL}")
         _add_path(catalog, _default_model(), config, verdicts, origin="model")
     if not catalog.models:
         skipped = "; ".join(catalog.warnings) or "no variants found"
@@ -156,7 +156,7 @@ def _add_ref(
         known = ", ".join(m.name for _, m in variants)
         hint = f"; variants in {config.variants_dir}: {known}" if known else ""
         raise UserError(f"--model {ref}: {err}{hint}") from None
-    is_hub_id = not path.exists() and ref.count("/") == 1 and ref != DEFAULT_MODEL_NAME
+    is_hub_id = not path.exists() and ref.count("/") == 1 and ref != DEFAULT_MODEL
     name = ref.split("/")[-1].lower() if is_hub_id else folder.name
     if message := _not_runnable(f"model {name} ({folder})", folder, verdicts, variants):
         raise UserError(message)
@@ -176,7 +176,8 @@ def _not_runnable(what: str, path: str | Path, verdicts: Verdicts,
     if verdict.runs is not False:
         return None
     runs = ", ".join(runnable_here(variants, verdicts)) or "a full-precision model"
-    return f"{what} cannot be served on this machine: {_short(verdict.reason)}. Serve instead: {runs}"
+    # vLLM's config errors list every quantization method it knows; the first sentence says what matters
+    return f"{what} cannot be served on this machine: {shorten(verdict.reason, 240)}. Serve instead: {runs}"
 
 
 def _add_spec(
@@ -226,12 +227,6 @@ def _hosted(name: str, path: str, config: ServeConfig, verdicts: Verdicts, origi
         required=required,
         **_dtype_fields(path, verdicts),
     )
-
-
-def _short(reason: str, limit: int = 240) -> str:
-    # vLLM's config errors list every quantization method it knows; the first sentence says what matters
-    reason = " ".join(reason.split())
-    return reason if len(reason) <= limit else reason[: limit - 1].rstrip() + "…"
 
 
 def _default_model() -> Path:

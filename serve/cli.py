@@ -123,7 +123,7 @@ def usage(
     config_file: Path | None = _CONFIG_OPT,
     db: str | None = _DB_OPT,
 ) -> None:
-    """Requests, tokens and cost per key and model from the usage ledger, priced with eval/prices.yaml."""
+    """Requests, tokens and cost per key and model from the usage ledger, priced with quantserve/prices.yaml."""
     from quantserve.serve.usage import parse_group, parse_since, summarize_usage
 
     config = _db_config(config_file, db)

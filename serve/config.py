@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from quantserve.errors import UserError
+from quantserve.errors import UserError, first_validation_error
 from quantserve.paths import state_dir
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "serve.example.yaml"
@@ -181,10 +181,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
     try:
         return ServeConfig(**given)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
         origin = f"{path}: " if path else ""
-        raise UserError(f"serve config {origin}{where}: {first['msg']}") from None
+        raise UserError(f"serve config {origin}{first_validation_error(err, root='config')}") from None
     finally:
         _YAML_FILE.reset(token)
 

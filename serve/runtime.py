@@ -7,7 +7,7 @@ import time
 
 from fastapi import Request
 
-from quantserve.serve.accounting import Accounting, RequestRecord
+from quantserve.serve.accounting import Accounting, MeteredRequest
 from quantserve.serve.auth import Authenticator
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.errors import OpenAIError
@@ -85,10 +85,10 @@ class GatewayRuntime:
             await self.client.close()
 
     def on_error(self, request: Request, err: OpenAIError) -> None:
-        rec: RequestRecord | None = getattr(request.state, "record", None)
+        rec: MeteredRequest | None = getattr(request.state, "record", None)
         if rec is None:
             path = request.url.path
-            rec = RequestRecord.begin(path if path in _KNOWN_ENDPOINTS else "other")
+            rec = MeteredRequest.begin(path if path in _KNOWN_ENDPOINTS else "other")
         rec.status = err.status
         rec.error_type = err.type
         self.accounting.finish(rec)

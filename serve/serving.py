@@ -25,7 +25,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from quantserve.serve.accounting import Accounting, RequestRecord
+from quantserve.serve.accounting import Accounting, MeteredRequest
 from quantserve.serve.auth import Authenticator
 from quantserve.serve.errors import OpenAIError, from_upstream
 from quantserve.serve.limits import RateLimiter
@@ -89,7 +89,7 @@ class ProxyService:
         self.log_prompts = log_prompts
         self.default_reserved_tokens = default_reserved_tokens
 
-    async def handle(self, request: Request, rec: RequestRecord, schema: type[T]) -> Response:
+    async def handle(self, request: Request, rec: MeteredRequest, schema: type[T]) -> Response:
         rec.key = await self.authenticator.authenticate(request.headers.get("authorization"))
         rec.authenticated = True
         raw = await read_body(request, self.max_body_bytes)
@@ -130,7 +130,7 @@ class ProxyService:
         finally:
             watcher.stop()
 
-    async def _forward(self, rec: RequestRecord, pool: ModelPool, body: bytes, shown: _UsageShown,
+    async def _forward(self, rec: MeteredRequest, pool: ModelPool, body: bytes, shown: _UsageShown,
                        watcher: _DisconnectWatcher) -> Response:
         # A refused connection means nothing reached that upstream, so another healthy one may take the
         # request.
@@ -171,12 +171,12 @@ class ProxyService:
                 pool.release(upstream)
         raise AssertionError("unreachable: the last try returns or raises")
 
-    def _client_gone(self, rec: RequestRecord) -> Response:
+    def _client_gone(self, rec: MeteredRequest) -> Response:
         rec.status = CLIENT_CLOSED
         self.accounting.finish(rec)
         return Response(status_code=CLIENT_CLOSED)
 
-    async def _unary(self, rec: RequestRecord, pool: ModelPool, upstream: Upstream, body: bytes,
+    async def _unary(self, rec: MeteredRequest, pool: ModelPool, upstream: Upstream, body: bytes,
                      watcher: _DisconnectWatcher) -> Response:
         url = f"{upstream.base_url}{rec.endpoint}"
         sent = time.perf_counter()
@@ -242,7 +242,7 @@ class _StreamRelay:
         client: UpstreamClient,
         pool: ModelPool,
         upstream: Upstream,
-        rec: RequestRecord,
+        rec: MeteredRequest,
         accounting: Accounting,
         shown: _UsageShown,
     ) -> None:

@@ -27,8 +27,10 @@ from quantserve.paths import state_dir
 from quantserve.probe import ProbeProvider
 from quantserve.serve.catalog import Catalog, resolve_catalog
 from quantserve.serve.config import ServeConfig
-from quantserve.serve.engines import Engine, EngineGroup, EngineState, allocate_ports, build_engine_specs
+from quantserve.serve.engines import Engine, EngineGroup, EngineState
 from quantserve.serve.gateway import GatewayProcess, GatewayThread, check_port, client_host
+from quantserve.serve.processes import allocate_ports
+from quantserve.serve.vllm_command import build_engine_specs
 
 log = logging.getLogger("quantserve.serve.stack")
 

@@ -1,4 +1,4 @@
-"""`quantserve usage`: tokens, requests and cost per key and model from the ledger, priced by prices.yaml."""
+"""`quantserve usage`: tokens, requests and cost per key and model from the ledger, priced by quantserve/prices.yaml."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 
 from quantserve.errors import UserError
+from quantserve.prices import PriceTable, load_price_table
 from quantserve.serve.config import DatabaseSettings
 from quantserve.serve.db import api_keys, get_engine, usage
 
@@ -56,12 +57,10 @@ def parse_group(text: str) -> tuple[str, ...]:
 
 
 def summarize_usage(
-    database_url: str, since_ts: float, by: tuple[str, ...] = GROUP_FIELDS, price_table: object | None = None
+    database_url: str, since_ts: float, by: tuple[str, ...] = GROUP_FIELDS, price_table: PriceTable | None = None
 ) -> list[UsageRow]:
     """Rows grouped by `by` (a subset of key, model), largest cost first; priced per model, then merged."""
     if price_table is None:
-        from quantserve.eval.prices import load_price_table
-
         price_table = load_price_table()
     # A report over months of rows may rightly take longer than the gateway's per-statement limit.
     engine = get_engine(database_url, DatabaseSettings(statement_timeout_s=0))
@@ -84,7 +83,7 @@ def summarize_usage(
     merged: dict[tuple[str, str], UsageRow] = {}
     for row in detail:
         key = names.get(row["key_id"], row["key_id"]) if row["key_id"] else NO_AUTH_KEY
-        price = price_table.token_price(row["model"])  # type: ignore[attr-defined]
+        price = price_table.token_price(row["model"])
         cost = price.cost_usd(int(row["prompt_tokens"]), int(row["completion_tokens"]))
         group = (key if "key" in by else "*", row["model"] if "model" in by else "*")
         acc = merged.setdefault(group, UsageRow(group[0], group[1], 0, 0, 0, 0, 0.0))

@@ -4,8 +4,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.quant
-
 
 @pytest.fixture(scope="session")
 def default_model():

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from quantserve.manifest import GRID_NOTE, Manifest, list_manifests
 from quantserve.quantize.files import file_hashes
-from quantserve.quantize.manifest import GRID_NOTE, Manifest, list_manifests
 from tests.conftest import run_cli
 from tests.probe_fixtures import FORMAT_OF_VARIANT
+
+pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
 
 VARIANTS = ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
 

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
+
 
 def _assert_one_line_error(proc, *needles):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])

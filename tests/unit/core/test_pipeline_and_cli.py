@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from quantserve.pipeline import _pick_served
 from tests.conftest import run_cli
 from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, checkpoint_folder
-from tests.unit.quantize.test_manifest import make_manifest
+from tests.unit.core.test_manifest import make_manifest
 
 
 def test_run_hosts_what_the_probe_runs_8bit_first_within_the_engine_budget(tmp_path):
@@ -26,6 +28,15 @@ def test_help_lists_every_stage_command():
     assert proc.returncode == 0
     for command in ("quantize", "variants", "model", "serve", "keys", "usage", "eval", "report", "run", "probe"):
         assert command in proc.stdout, command
+
+
+def test_a_stage_that_fails_to_import_fails_loudly(monkeypatch):
+    """Before, a ModuleNotFoundError inside quantserve.* dropped the stage and its commands from --help."""
+    from quantserve import cli
+
+    monkeypatch.setattr(cli, "_STAGES", ("quantserve.no_such_stage",))
+    with pytest.raises(ModuleNotFoundError, match=r"quantserve\.no_such_stage"):
+        cli._register_stages()
 
 
 def test_unknown_command_is_a_usage_error_without_traceback():

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from quantserve.eval.records import RequestRecord, append_records
-from quantserve.quantize.manifest import GRID_NOTE, Manifest, Quality, SourceInfo
+from quantserve.manifest import GRID_NOTE, Manifest, Quality, SourceInfo
 
 SOURCE = "smol"
 GPTQ = "smol-gptq-w4a16"
@@ -64,24 +64,33 @@ def _requests(model: str, point: str, n: int, ttft: float, tpot: float, tokens: 
     return out
 
 
+TASK_ITEMS = 40
+
+
+def task_scores(model: str, right: int, total: int = TASK_ITEMS) -> dict:
+    """Items t0..t{right-1} right, the rest wrong: two models' right answers nest, so every discordant item
+    is one the better model got and the other did not."""
+    results = [{"id": f"t{i}", "kind": "routing", "output": "", "correct": i < right, "error": None}
+               for i in range(total)]
+    return {"model": model, "total": total, "correct": right, "errors": 0, "accuracy": right / total,
+            "by_kind": {"routing": right / total}, "results": results}
+
+
 def write_run(run_dir: Path, variants_dir: Path | None, gpu: str | None = "cpu-2core") -> Path:
     """source: TTFT 200 ms, TPOT 200 ms (e2e 2 s, 10 tokens); gptq: 100 ms / 100 ms (e2e 1 s).
-    concurrency=1 runs 1 request, concurrency=4 runs 4 at once: gptq 40 tok/s, source 20 tok/s at c=4."""
+    concurrency=1 runs 1 request, concurrency=4 runs 4 at once: gptq 40 tok/s, source 20 tok/s at c=4.
+    Tasks: the source gets 32 of 40 items right (0.8), gptq the first 24 of those (0.6, recovery 0.75)."""
     run_dir.mkdir(parents=True)
     records = []
     results = {}
-    for model, ttft, tpot, acc in ((SOURCE, 0.2, 0.2, 0.8), (GPTQ, 0.1, 0.1, 0.6), (AWQ, 0.1, 0.1, None)):
+    for model, ttft, tpot, right in ((SOURCE, 0.2, 0.2, 32), (GPTQ, 0.1, 0.1, 24), (AWQ, 0.1, 0.1, None)):
         points = []
         for c in (1, 4):
             label = f"concurrency={c}"
             error = "HTTP 500: boom" if model == AWQ else None
             records += _requests(model, label, c, ttft, tpot, error=error)
             points.append({"point": label, "mode": "concurrency", "value": float(c), "metrics": {}})
-        tasks = None
-        if acc is not None:
-            tasks = {"model": model, "total": 10, "correct": int(acc * 10), "errors": 0, "accuracy": acc,
-                     "by_kind": {"routing": acc}, "results": []}
-        results[model] = {"points": points, "tasks": tasks}
+        results[model] = {"points": points, "tasks": task_scores(model, right) if right is not None else None}
     append_records(run_dir / "records.jsonl", records)
     doc = {
         "schema_version": 1, "scenario": "support-chat", "sweep": {"mode": "concurrency", "values": [1, 4]},
@@ -93,5 +102,26 @@ def write_run(run_dir: Path, variants_dir: Path | None, gpu: str | None = "cpu-2
                     AWQ: {"format": "w4a16-int4", "dtype": "bfloat16", "dtype_from": "config"}},
         "not_served": {NF4: NF4_NOT_SERVED},
     }
+    (run_dir / "eval.json").write_text(json.dumps(doc))
+    return run_dir
+
+
+def write_big_run(run_dir: Path, n: int = 120) -> Path:
+    """The source alone at concurrency=1, n requests one after another, request i: TTFT 100 + i ms, then 10 tokens
+    50 ms apart (E2E TTFT + 450 ms); enough for a p99 and every interval."""
+    run_dir.mkdir(parents=True)
+    records = []
+    for i in range(n):
+        start = 1000.0 + i
+        chunks = [start + 0.1 + i / 1000 + k * 0.05 for k in range(10)]
+        records.append(RequestRecord(SOURCE, "support-chat", f"q{i}", "concurrency=1", start, first_token=chunks[0],
+                                     chunk_times=chunks, end=chunks[-1], prompt_tokens=20, completion_tokens=10,
+                                     status_code=200))
+    append_records(run_dir / "records.jsonl", records)
+    doc = {"schema_version": 1, "scenario": "support-chat", "sweep": {"mode": "concurrency", "values": [1]},
+           "slo": {}, "gpu": None, "variants_dir": None, "source_model": SOURCE, "models": [SOURCE],
+           "results": {SOURCE: {"points": [{"point": "concurrency=1", "mode": "concurrency", "value": 1.0,
+                                            "metrics": {}}], "tasks": task_scores(SOURCE, 32)}},
+           "notes": []}
     (run_dir / "eval.json").write_text(json.dumps(doc))
     return run_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantserve.eval.metrics import compute_metrics, percentile, slo_violations
+from quantserve.eval.metrics import compute_metrics, slo_violations
 from quantserve.eval.records import RequestRecord
 from quantserve.eval.slo import parse_slo
 
@@ -26,13 +26,6 @@ RECORDS = [
     rec(1.5, [1.55], 1.55, 1),
     rec(1.0, [], 2.0, None, error="HTTP 500: boom"),
 ]
-
-
-def test_percentile_is_numpy_linear():
-    assert percentile([1, 2, 3, 4], 50) == 2.5
-    assert percentile([1, 2, 3, 4], 90) == pytest.approx(3.7)  # rank 2.7 -> 3 + 0.7
-    assert percentile([10], 99) == 10
-    assert percentile([5, 1, 3], 0) == 1 and percentile([5, 1, 3], 100) == 5
 
 
 def test_latencies_follow_vllm_definitions():
@@ -88,3 +81,25 @@ def test_aggregate_slo_check():
 def test_empty_and_all_failed_runs():
     m = compute_metrics([])
     assert (m.requests, m.error_rate, m.output_throughput, m.ttft_ms) == (0, 0.0, 0.0, None)
+
+
+def test_small_samples_get_no_p99_and_no_intervals():
+    m = compute_metrics(RECORDS)  # 3 completed requests
+    assert m.ttft_ms.n == 3 and m.ttft_ms.backed("p50") and not m.ttft_ms.backed("p90")
+    assert not m.ttft_ms.backed("p99") and m.ttft_ms.backed("mean")
+    assert (m.ttft_ms.p50_ci, m.ttft_ms.p99_ci, m.output_throughput_ci) == (None, None, None)
+
+
+def test_intervals_from_a_hundred_requests():
+    # request i starts at i s, TTFT 100 + i ms, then 4 tokens 10 ms apart (TPOT 10 ms), back to back
+    records = [rec(float(i), [i + 0.1 + i / 1000 + k * 0.01 for k in range(4)], i + 0.13 + i / 1000, 4)
+               for i in range(100)]
+    m = compute_metrics(records)
+    ttft = m.ttft_ms
+    assert ttft.n == 100 and ttft.backed("p99")
+    assert ttft.p50 == pytest.approx(149.5) and ttft.p50_ci.low < ttft.p50 < ttft.p50_ci.high
+    assert 190 < ttft.p99_ci.low <= ttft.p99_ci.high <= 199 + 1e-9  # p99 198.01; resamples stay in the sample
+    assert m.tpot_ms.p50_ci.half_width == pytest.approx(0, abs=1e-6)  # every TPOT is 10 ms
+    tput = m.output_throughput_ci
+    assert tput.value == pytest.approx(m.output_throughput) == pytest.approx(400 / (99 + 0.13 + 0.099))
+    assert tput.low < tput.value < tput.high and tput.half_width < 0.05 * tput.value

@@ -9,17 +9,29 @@ import re
 from pathlib import Path
 
 import pytest
-from eval_fixtures import AWQ, GPTQ, NF4, NF4_NOT_SERVED, NF4_REASON, SOURCE, SOURCE_BYTES, write_manifests, write_run
+from eval_fixtures import (
+    AWQ,
+    GPTQ,
+    NF4,
+    NF4_NOT_SERVED,
+    NF4_REASON,
+    SOURCE,
+    SOURCE_BYTES,
+    write_big_run,
+    write_manifests,
+    write_run,
+)
 
 from quantserve.errors import UserError
 from quantserve.eval.report import ReportConstraints, build_report, make_report
-from quantserve.quantize.manifest import GRID_NOTE
+from quantserve.manifest import GRID_NOTE
 
 VARIANT_KEYS = {"name", "method", "bits", "size_bytes", "size_ratio", "servable_here", "servable_reason",
                 "quality", "latency", "throughput", "goodput_rps", "cost", "by_concurrency",
                 "unavailable_reason"}
-QUALITY_KEYS = {"ppl", "ppl_ratio", "kld_mean", "top1_agreement", "task_accuracy", "recovery"}
-DIST_KEYS = {"mean", "p50", "p90", "p95", "p99"}
+QUALITY_KEYS = {"ppl", "ppl_ratio", "kld_mean", "top1_agreement", "task_accuracy", "task_accuracy_ci", "task_items",
+                "paired_p_value", "only_source_right", "only_variant_right", "recovery", "recovery_ci"}
+DIST_KEYS = {"mean", "p50", "p90", "p95", "p99", "n", "p50_ci", "p99_ci"}
 PLOT_COUNT = 5  # latency, throughput, frontier, memory, vram
 
 
@@ -42,8 +54,11 @@ def test_report_json_follows_the_schema(run: Path):
         if v["latency"] is not None:
             for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
                 assert set(v["latency"][metric]) == DIST_KEYS
-            assert set(v["throughput"]) >= {"output_tok_s", "request_s"}
+            assert set(v["throughput"]) >= {"output_tok_s", "request_s", "output_tok_s_ci"}
             assert set(v["cost"]) >= {"usd_per_1m_output_tokens", "tokens_per_usd", "price_row"}
+    floor = doc["recommendation"]["quality_floor"]
+    assert set(floor) == set(names) and set(floor[GPTQ]) == {"passed", "basis", "reason"}
+    assert doc["recommendation"]["constraints"]["min_recovery"] == 0.95  # the default floor
 
 
 def test_numbers_come_from_the_records_and_manifests(run: Path):
@@ -52,15 +67,25 @@ def test_numbers_come_from_the_records_and_manifests(run: Path):
     assert report.reference_point == "concurrency=4"
     assert gptq.throughput.output_tok_s == pytest.approx(40.0)  # 4 × 10 tokens in 1 s
     assert source.throughput.output_tok_s == pytest.approx(20.0)
-    assert gptq.latency.ttft_ms.p99 == pytest.approx(100) and gptq.latency.tpot_ms.p50 == pytest.approx(100)
+    assert gptq.latency.ttft_ms.p50 == pytest.approx(100) and gptq.latency.tpot_ms.p50 == pytest.approx(100)
+    # 4 requests back a p50 but not a p90 or p99, and are too few for an interval
+    ttft = gptq.latency.ttft_ms
+    assert (ttft.n, ttft.p90, ttft.p99, ttft.p50_ci, gptq.throughput.output_tok_s_ci) == (4, None, None, None, None)
     assert gptq.cost.usd_per_1m_output_tokens == pytest.approx(0.05 / (40 * 3600) * 1e6)  # cpu-2core $0.05/h
     assert [p.point for p in gptq.by_concurrency] == ["concurrency=1", "concurrency=4"]
     assert gptq.by_concurrency[0].throughput.output_tok_s == pytest.approx(10.0)
     assert (gptq.quality.ppl_ratio, gptq.quality.top1_agreement) == (pytest.approx(12.5 / 12), 0.9)
     assert gptq.quality.recovery == pytest.approx(0.6 / 0.8)
+    # 8 items only the source got right, none the other way: exact McNemar p = 2 × 0.5^8
+    assert (gptq.quality.only_source_right, gptq.quality.only_variant_right) == (8, 0)
+    assert gptq.quality.paired_p_value == pytest.approx(2 / 256)
+    acc, rec = gptq.quality.task_accuracy_ci, gptq.quality.recovery_ci
+    assert acc.low < 0.6 < acc.high and 0.1 < acc.half_width < 0.2  # Wilson, 24 of 40
+    assert rec.low < 0.75 < rec.high <= 1.0 and rec.high < 0.95
     # the source is a row too: baseline quality by definition, size from the manifests' source info
     q = source.quality
     assert (q.ppl, q.ppl_ratio, q.kld_mean, q.top1_agreement, q.recovery) == (12.0, 1.0, 0.0, 1.0, 1.0)
+    assert (q.recovery_ci.low, q.recovery_ci.high) == (1.0, 1.0)
     assert source.is_source and source.size_bytes == SOURCE_BYTES and source.size_ratio == 1.0
 
 
@@ -87,9 +112,12 @@ def test_markdown_starts_with_the_summary_table_and_carries_the_grid_note(run: P
               "TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | output tok/s | $/1M tok | servable here |")
     assert header in first_section
     gptq_line = next(line for line in first_section.splitlines() if line.startswith(f"| {GPTQ} |"))
-    # bits, MB, size ratio, PPL ratio, KLD, top-1, task acc, recovery, TTFT p50/p99, TPOT p50, tok/s
-    assert "| 4 | 100.0 | 0.370 | 1.042 | 0.0500 | 0.900 | 0.60 | 0.75 | 100 | 100 | 100.0 | 40.0 |" \
-        in gptq_line
+    q = make_report(run).variant(GPTQ).quality
+    acc, rec = f"0.60 ± {q.task_accuracy_ci.half_width:.2f}", f"0.75 ± {q.recovery_ci.half_width:.2f}"
+    # bits, MB, size ratio, PPL ratio, KLD, top-1, task acc, recovery, TTFT p50/p99, TPOT p50, tok/s: 4 requests
+    # back a p50 but not a p99, and are too few for a ± interval
+    assert (f"| 4 | 100.0 | 0.370 | 1.042 | 0.0500 | 0.900 | {acc} | {rec} | 100 | n too small | 100.0 | 40.0 |"
+            in gptq_line)
     assert gptq_line.endswith("| yes (bfloat16) |")  # the dtype its engine ran in
     nf4_line = next(line for line in first_section.splitlines() if line.startswith(f"| {NF4} |"))
     assert nf4_line.endswith(f"| – | – | – | – | – | no: {NF4_NOT_SERVED} |")
@@ -114,17 +142,75 @@ def test_html_is_self_contained_with_every_plot(run: Path):
 
 
 def test_recommendation_follows_constraints(run: Path):
-    rec = make_report(run).recommendation  # run SLO ttft_p99 500 ms: both pass, gptq is cheaper
-    assert rec.variant == GPTQ
+    off = ReportConstraints(min_recovery=0)  # no quality floor: both pass the run's SLO, gptq is cheaper
+    rec = make_report(run, constraints=off).recommendation
+    assert rec.variant == GPTQ and rec.quality_floor[GPTQ].passed is None
     assert "at concurrency=4" in rec.reasoning and "0.50× the source" in rec.reasoning
-    rec = make_report(run, constraints=ReportConstraints(min_recovery=0.9)).recommendation
-    assert rec.variant == SOURCE and "task recovery 0.75 < 0.9" in rec.rejected[GPTQ]
-    rec = make_report(run, constraints=ReportConstraints(slo="ttft_p99=150ms")).recommendation
+    rec = make_report(run, constraints=ReportConstraints(min_recovery=0, slo="ttft_p99=150ms")).recommendation
     assert rec.variant == GPTQ and "misses the SLO" in rec.rejected[SOURCE]
     # 16 GB: an 8B model in bf16 needs ~18.5 GiB, so the source is out, and gptq is below the quality floor
-    rec = make_report(run, constraints=ReportConstraints(max_memory_gb=16, min_recovery=0.9)).recommendation
+    rec = make_report(run, constraints=ReportConstraints(max_memory_gb=16)).recommendation
     assert rec.variant is None and "No variant meets every constraint" in rec.reasoning
     assert "llama-3.1-8b-instruct at this precision needs ~18.5 GiB" in rec.rejected[SOURCE]
+    assert "below the quality floor" in rec.rejected[GPTQ]
+
+
+def test_default_quality_floor_rejects_a_variant_whose_recovery_interval_reaches_below_095(run: Path):
+    report = make_report(run)  # gptq: recovery 0.75 over 40 paired items, its whole interval below 0.95
+    rec = report.recommendation
+    low = report.variant(GPTQ).quality.recovery_ci.low
+    assert rec.variant == SOURCE
+    assert rec.quality_floor[GPTQ].passed is False and rec.quality_floor[GPTQ].basis == "recovery"
+    assert rec.rejected[GPTQ].startswith(f"below the quality floor: task recovery 0.75 (95% CI {low:.2f}–")
+    assert f"lower bound {low:.2f} < 0.95" in rec.rejected[GPTQ]
+    # the paragraph names it as rejected on quality, and says why
+    below = rec.reasoning.split("Below the quality floor: ")[1]
+    assert f"{GPTQ} (task recovery 0.75 (95% CI {low:.2f}" in below
+    # NF4 was not served here and has no task scores: its KLD (0.06 > 0.05) decides, and fails
+    assert rec.quality_floor[NF4].basis == "kld" and rec.quality_floor[NF4].passed is False
+    assert f"{NF4} (tasks not run; mean KLD 0.0600 > 0.05)" in rec.reasoning
+    assert rec.quality_floor[SOURCE].passed is True
+    # a looser floor the interval clears lets gptq through
+    loose = make_report(run, constraints=ReportConstraints(min_recovery=low - 0.01)).recommendation
+    assert loose.variant == GPTQ and loose.quality_floor[GPTQ].passed is True
+    build_report(run)
+    md = (run / "report.md").read_text()
+    quality = next(s for s in md.split("\n## ") if s.startswith("Quality"))
+    gptq_line = next(line for line in quality.splitlines() if line.startswith(f"| {GPTQ} |"))
+    assert "| 8 / 0, p = 0.0078 (McNemar, 40 items) |" in gptq_line
+    assert f"fail: task recovery 0.75 (95% CI {low:.2f}" in gptq_line
+
+
+def test_small_samples_are_shown_as_such(run: Path):
+    build_report(run)
+    md = (run / "report.md").read_text()
+    by_point = next(s for s in md.split("\n## ") if s.startswith("Latency and throughput by load point"))
+    gptq_rows = by_point.split(f"**{GPTQ}**")[1].split("**")[0]
+    c4 = next(line for line in gptq_rows.splitlines() if line.startswith("| concurrency=4 |"))
+    # n = 4: p50 shown without ± (too few to resample), p99 not shown at all
+    assert c4.startswith("| concurrency=4 | 4 / 4 | 0% | 100 / n too small | 100.0 / n too small |")
+    assert "±" not in c4
+    assert any("completed fewer than 100 requests (fewest: 1 at concurrency=1" in n for n in make_report(run).notes)
+
+
+def test_a_full_sample_shows_p99_and_intervals(tmp_path: Path):
+    run = write_big_run(tmp_path / "big", n=120)
+    report = make_report(run)
+    source = report.variant(SOURCE)
+    ttft, tput = source.latency.ttft_ms, source.throughput
+    # TTFT 100, 101, ..., 219 ms: p50 159.5, p99 100 + 0.99 × 119
+    assert ttft.n == 120 and ttft.p50 == pytest.approx(159.5) and ttft.p99 == pytest.approx(217.81)
+    assert ttft.p50_ci.low < 159.5 < ttft.p50_ci.high and 5 < ttft.p50_ci.half_width < 25
+    assert 205 < ttft.p99_ci.low <= ttft.p99_ci.high <= 219
+    assert tput.output_tok_s == pytest.approx(1200 / (119 + 0.219 + 0.45))
+    assert tput.output_tok_s_ci.low < tput.output_tok_s < tput.output_tok_s_ci.high
+    assert tput.output_tok_s_ci.half_width < 0.02 * tput.output_tok_s  # every answer is 10 tokens
+    build_report(run)
+    md = (run / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| concurrency=1 | 120 / 120 |"))
+    assert f"| {ttft.p50:.0f} ± {ttft.p50_ci.half_width:.0f} / {ttft.p99:.0f} ± {ttft.p99_ci.half_width:.0f} |" in row
+    assert "n too small" not in row
+    assert not any("fewer than 100 requests" in n for n in report.notes)
 
 
 def test_report_time_slo_recomputes_goodput(run: Path):

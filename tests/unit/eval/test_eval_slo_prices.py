@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from quantserve.errors import UserError
-from quantserve.eval.prices import load_price_table, token_cost
 from quantserve.eval.slo import load_default_slo, parse_slo, slo_from_dict, slo_to_dict
+from quantserve.eval.token_cost import token_cost
+from quantserve.prices import load_price_table
 
 
 def test_parse_slo_units_and_aliases():

@@ -9,7 +9,7 @@ import pytest
 
 from quantserve.errors import UserError
 from quantserve.eval.scenarios import load_scenario
-from quantserve.eval.tasks import Task, TaskResult, load_tasks, recovery, score, summarize
+from quantserve.eval.tasks import Task, TaskResult, TaskScores, load_tasks, recovery, score, summarize, task_quality
 from quantserve.eval.vram import GIB, Precision, load_model_config, plan_models, precision_of, vram_plan
 
 
@@ -30,6 +30,10 @@ def test_choice_scoring_takes_the_first_choice_in_the_output():
 
 def test_contains_and_number_scoring():
     assert score(task("contains", "Paris"), "It is paris.") and not score(task("contains", "Paris"), "Lyon")
+    # whole words and exact strings: "ice" is not in "price", a longer order number is not the order number
+    assert not score(task("contains", "ice"), "The price is nice") and score(task("contains", "ice"), "Ice.")
+    assert score(task("contains", "NW-48213"), "NW-48213.") and not score(task("contains", "NW-48213"), "NW-482130")
+    assert score(task("contains", "dana.kim@example.com"), "Email: dana.kim@example.com")
     n = task("number", 1200)
     assert score(n, "The total is 1,200 dollars, not 1300") and not score(n, "1300 or 1200")
     assert score(task("number", "-3.5"), "x = -3.5") and not score(task("number", "4"), "four")
@@ -42,6 +46,27 @@ def test_accuracy_per_kind_and_recovery():
     assert (s.accuracy, s.by_kind, s.errors) == (0.5, {"x": 0.5, "y": 0.5}, 1)
     assert recovery(0.45, 0.5) == pytest.approx(0.9)
     assert recovery(0.5, 0.0) is None and recovery(None, 0.5) is None
+
+
+def test_task_quality_pairs_items_with_the_source():
+    def scores(model: str, right: set[int]) -> TaskScores:
+        return summarize(model, [TaskResult(f"t{i}", "k", "", i in right) for i in range(50)])
+
+    source, variant = scores("src", set(range(40))), scores("q", set(range(30)) | {45, 46})
+    tq = task_quality(variant, source)
+    assert tq.n == 50 and tq.accuracy.value == pytest.approx(32 / 50)
+    # Wilson 32/50: centre (0.64 + z²/100) / (1 + z²/50) = 0.6300, half-width 0.1286 (z = 1.96)
+    assert tq.accuracy.low == pytest.approx(0.5014, abs=1e-3)
+    assert tq.accuracy.high == pytest.approx(0.7586, abs=1e-3)
+    assert (tq.paired, tq.only_source_right, tq.only_model_right) == (50, 10, 2)
+    assert tq.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)  # exact McNemar 10 vs 2
+    assert tq.recovery == pytest.approx(32 / 40) and tq.recovery_ci.low < 0.8 < tq.recovery_ci.high
+    alone = task_quality(variant, None)
+    assert (alone.p_value, alone.recovery, alone.recovery_ci) == (None, None, None)
+    # without per-item results (an older eval.json) the ratio of accuracies, and no interval
+    bare = TaskScores("q", 50, 32, 0, 0.64, {}, [])
+    legacy = task_quality(bare, TaskScores("src", 50, 40, 0, 0.8, {}, []))
+    assert legacy.recovery == pytest.approx(0.8) and legacy.recovery_ci is None and legacy.p_value is None
 
 
 def test_task_and_scenario_file_errors(tmp_path: Path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from quantserve.manifest import Manifest, Quality
 from quantserve.quantize import runner
-from quantserve.quantize.manifest import Manifest, Quality
+from quantserve.quantize.vllm_check import VllmVerdict
 from quantserve.quantize.worker import BuildResult, BuildSpec
 
 
@@ -35,9 +36,8 @@ def _quality(kld_mean: float = 0.5, top1_agreement: float = 0.7) -> Quality:
 
 
 class _NoVllm:
-    def check(self, folder: Path) -> dict:
-        return {"vllm_loadable": None, "vllm_loadable_reason": "not checked in unit tests",
-                "servable_here": False, "servable_reason": "not checked in unit tests"}
+    def check(self, folder: Path) -> VllmVerdict:
+        return VllmVerdict(str(folder), None, "not checked in unit tests", False, "not checked in unit tests")
 
     def close(self) -> None:
         pass

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from quantserve import atomic
 from quantserve.errors import UserError
+from quantserve.manifest import Manifest, list_manifests
 from quantserve.quantize import publish
-from quantserve.quantize.manifest import Manifest, list_manifests
 from tests.conftest import REPO
-from tests.unit.quantize.test_manifest import make_manifest
+from tests.unit.core.test_manifest import make_manifest
 
 
 def test_foreign_output_folder_is_refused(tmp_path):
@@ -93,7 +94,7 @@ def test_replacing_falls_back_to_renames_where_exchange_is_unsupported(tmp_path,
     def unsupported(src, dst, flags):
         raise OSError(errno.EINVAL, "exchange not supported by this filesystem")
 
-    monkeypatch.setattr(publish, "_renameat2", unsupported)
+    monkeypatch.setattr(atomic, "_renameat2", unsupported)
     publish.prepare_out_dir(tmp_path)
     target = tmp_path / "m-gptq"
     for version in ("one", "two"):
@@ -108,13 +109,14 @@ def test_replace_killed_between_its_two_renames_keeps_the_old_variant(tmp_path):
     # the child's rename kills the child itself when it is about to move the new build in.
     code = textwrap.dedent(f"""
         import os, pathlib, signal
+        from quantserve import atomic
         from quantserve.quantize import publish
         from tests.unit.quantize.test_publish import _build
         out = pathlib.Path({str(tmp_path)!r}); publish.prepare_out_dir(out)
         target = out / "m-gptq"
         publish.publish(_build(target, "one"), target)
         new = _build(target, "two")
-        publish._exchange = lambda tmp, target: False
+        atomic.exchange = lambda tmp, target: False
         real_rename = pathlib.Path.rename
         def rename(self, dst):
             if self == new:

@@ -5,9 +5,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from quantserve import atomic
 from quantserve.errors import UserError
+from quantserve.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.quantize import publish
-from quantserve.quantize.manifest import MANIFEST_NAME, Manifest, list_manifests
 
 if TYPE_CHECKING:
     from tests.unit.quantize.conftest import FakeQuantize
@@ -100,7 +101,7 @@ def test_force_rebuild_killed_between_its_renames_keeps_the_old_variant_for_the_
     # reports itself unsupported (as on a filesystem without RENAME_EXCHANGE), and the rename that moves the
     # new build into place raises as if the process had died there.
     with monkeypatch.context() as fault:
-        fault.setattr(publish, "_exchange", lambda tmp, target: False, raising=False)
+        fault.setattr(atomic, "exchange", lambda tmp, target: False)
         fault.setattr(Path, "rename", dies_moving_the_build_in)
         with pytest.raises(_Killed):
             fake_quantize.run(out, force=True)

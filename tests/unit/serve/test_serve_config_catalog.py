@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from quantserve.errors import UserError
-from quantserve.quantize.manifest import Manifest, SourceInfo
+from quantserve.manifest import Manifest, SourceInfo
 from quantserve.serve.catalog import resolve_catalog
 from quantserve.serve.config import EXAMPLE_CONFIG, ServeConfig, build_config, load_config
-from quantserve.serve.engines import EngineSpec, build_engine_specs
+from quantserve.serve.vllm_command import EngineSpec, build_engine_specs
 from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder
 
 

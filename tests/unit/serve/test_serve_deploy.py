@@ -13,6 +13,7 @@ import yaml
 
 from quantserve.paths import REPO_ROOT
 from quantserve.serve.config import load_config
+from quantserve.serve.vllm_command import VLLM_MODULE, vllm_args
 
 DEPLOY = REPO_ROOT / "deploy"
 SOURCE = "smollm2-135m-instruct"
@@ -124,6 +125,20 @@ def test_gateway_deployment_matches_its_config(docs, gateway_config):
 
 
 ENGINE_KEY = {"name": "quantserve-engine-key", "key": "api-key"}
+
+
+def test_engine_manifests_run_the_command_line_local_engines_run(docs):
+    """One renderer of vLLM's command line: a flag renamed there and not here (or the reverse) fails."""
+    for dep in by_kind(docs, "Deployment").values():
+        if dep["metadata"]["labels"]["app.kubernetes.io/component"] != "engine":
+            continue
+        cont = container(dep)
+        args = [str(a) for a in cont["args"]]
+        assert cont["command"] == ["python3", "-m", VLLM_MODULE]
+        tp = int(arg(args, "--tensor-parallel-size")) if "--tensor-parallel-size" in args else 1
+        expected = vllm_args("/models/model", arg(args, "--served-model-name"), "0.0.0.0",
+                             port_number(cont, "http"), int(arg(args, "--max-model-len")), tensor_parallel_size=tp)
+        assert args == expected, dep["metadata"]["name"]
 
 
 def test_engines_demand_the_key_the_gateway_sends_and_admit_only_gateway_pods(docs):

@@ -16,7 +16,8 @@ from serve_helpers import free_port
 
 from quantserve.errors import UserError
 from quantserve.serve.config import EngineSettings
-from quantserve.serve.engines import Engine, EngineGroup, EngineSpec, EngineState
+from quantserve.serve.engines import Engine, EngineGroup, EngineState
+from quantserve.serve.vllm_command import EngineSpec
 
 STAND_IN = textwrap.dedent("""
     import http.server, os, subprocess, sys, time

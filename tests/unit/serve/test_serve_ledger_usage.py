@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from quantserve.errors import UserError
-from quantserve.eval.prices import PriceTable, TokenPrice
+from quantserve.prices import PriceTable, TokenPrice
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.ledger import Ledger, UsageRecord
 from quantserve.serve.usage import NO_AUTH_KEY, parse_group, parse_since, summarize_usage
@@ -103,7 +103,7 @@ async def test_usage_sums_and_prices_per_key_and_model(tmp_path):
     assert per_key["team-a"].cost_usd == pytest.approx(cheap.cost_usd + (100 * 10) / 1e6)
     (total,) = summarize_usage(db_url, now - 3600, by=(), price_table=PRICES)
     assert total.requests == 6
-    assert summarize_usage(db_url, now - 3600, price_table=None)  # the shared eval/prices.yaml loads
+    assert summarize_usage(db_url, now - 3600, price_table=None)  # the shared quantserve/prices.yaml loads
 
 
 def test_since_and_group_parsing():

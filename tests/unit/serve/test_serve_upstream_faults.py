@@ -178,7 +178,10 @@ def test_docs_are_off_unless_configured(make_gateway):
     closed, opened = make_gateway(), make_gateway(docs=True)
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert httpx.get(f"{closed.url}{path}", trust_env=False).status_code == 404
-    assert httpx.get(f"{opened.url}/openapi.json", trust_env=False).status_code == 200
+    spec = httpx.get(f"{opened.url}/openapi.json", trust_env=False)
+    assert spec.status_code == 200
+    chat = spec.json()["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert chat["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
 def test_metrics_can_require_a_bearer_token(make_gateway):

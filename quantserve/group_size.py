@@ -1,4 +1,8 @@
-"""Group size for grouped INT4: it must divide every quantized Linear's input width."""
+"""Group size for grouped INT4: it must divide every quantized Linear's input width.
+
+In the core because two stages apply the rule: quantize picks the group it builds with, eval's VRAM plan
+re-picks it for a larger target model's shapes.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,17 @@ def quantized_in_features(config: dict) -> list[int]:
     return sorted({hidden, inter, heads * head_dim})
 
 
+def auto_group_size(in_features: Iterable[int]) -> int | None:
+    """The largest candidate dividing every width; None when none does."""
+    widths = set(in_features)
+    return next((size for size in CANDIDATES if all(w % size == 0 for w in widths)), None)
+
+
 def choose_group_size(in_features: Iterable[int], requested: int | str = "auto") -> int:
     widths = sorted(set(in_features))
     if requested != "auto":
         size = int(requested)
-        bad = [w for w in widths if w % size]
+        bad = [w for w in widths if w % size] if size > 0 else widths
         if size <= 0 or bad:
             raise UserError(
                 f"group size {size} does not divide the input width of every quantized layer "
@@ -32,7 +42,7 @@ def choose_group_size(in_features: Iterable[int], requested: int | str = "auto")
                 f"{[c for c in CANDIDATES if all(w % c == 0 for w in widths)] or 'a smaller size'} or 'auto'"
             )
         return size
-    for size in CANDIDATES:
-        if all(w % size == 0 for w in widths):
-            return size
+    size = auto_group_size(widths)
+    if size is not None:
+        return size
     raise UserError(f"no group size among {CANDIDATES} divides every layer input width {widths}")

