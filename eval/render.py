@@ -14,6 +14,8 @@ from quantserve.eval.tables import (
     points_table,
     quality_table,
     summary_table,
+    target_table,
+    time_table,
     vram_table,
 )
 
@@ -60,6 +62,11 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
         ("recommendation", "Recommendation", ["!rec", "!note"]),
         ("latency", "Latency and throughput by load point",
          [definitions, *per_point, "!plot:latency", "!plot:throughput"]),
+        ("time", "Where the time goes", [time_intro(report), time_table(report)]),
+        ("target", "The 100 ms target", [
+            "The customer-service chatbot this stack exists for wants latency under 100 ms: whether each "
+            "model's TTFT p99 and TPOT p99 stay under it, and up to which load; the VRAM plan below says which "
+            "cards hold a 7-8B model in each precision.", target_table(report)]),
         ("quality", "Quality", [quality_table(report), "!note", "!plot:frontier"]),
         ("memory", "Memory", ["!plot:memory"]),
         ("vram", f"VRAM plan for {plan['model']}",
@@ -68,6 +75,21 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
         ("unavailable", "Variants without speed numbers", unavailable or ["Every variant was measured."]),
         ("notes", "Notes", [f"- {n}" for n in report.notes] or ["None."]),
     ]
+
+
+def time_intro(report: Report) -> str:
+    how = ("Each model was measured alone (the other engines stopped)" if report.isolation
+           and report.isolation.startswith("one model") else f"Measured {report.isolation or 'as served'}")
+    bandwidth = (f"this machine's memory bandwidth, {report.memory_bandwidth_gbs:.1f} GB/s (a STREAM-style copy)"
+                 if report.memory_bandwidth_gbs else "the memory bandwidth (not measured)")
+    noise = ""
+    if report.noise and report.noise.get("rows"):
+        worst = max(report.noise["rows"], key=lambda r: abs(r["drift"]))
+        noise = (f" Noise: the source, measured again at the end, moved by up to {abs(worst['drift']):.1%} "
+                 f"({worst['figure']} at {worst['point']}).")
+    return (f"{how}. Queue, prefill and decode are vLLM's own per-request histograms over the load point; gateway "
+            f"is quantserve's own time per request. Decode vs bandwidth = weight bytes read per output token × "
+            f"output tok/s ÷ {bandwidth}: near 100% decode is bound by memory bandwidth.{noise}")
 
 
 def to_markdown(report: Report) -> str:

@@ -142,6 +142,9 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
         notes=_notes(eval_doc, manifests, vdir, ref, hardware, c, missing_usage) + _sample_notes(rows),
         variants=rows,
         vram_plan=plan,
+        isolation=eval_doc.get("isolation"),
+        memory_bandwidth_gbs=(eval_doc.get("memory_bandwidth") or {}).get("bytes_per_s", 0) / 1e9 or None,
+        noise=eval_doc.get("noise"),
     )
 
 

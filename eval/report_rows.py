@@ -10,9 +10,20 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
+from quantserve.eval.breakdown import HISTOGRAMS, breakdown
 from quantserve.eval.metrics import Distribution, Metrics, compute_metrics, slo_violations
 from quantserve.eval.records import RequestRecord
-from quantserve.eval.report_schema import CI, Cost, Dist, Latency, PointRow, QualityRow, Throughput, VariantRow
+from quantserve.eval.report_schema import (
+    CI,
+    Cost,
+    Dist,
+    Latency,
+    PointRow,
+    QualityRow,
+    Throughput,
+    TimeRow,
+    VariantRow,
+)
 from quantserve.eval.slo import Slo
 from quantserve.eval.tasks import TaskScores, task_quality
 from quantserve.eval.token_cost import token_cost
@@ -37,8 +48,54 @@ def _latency(m: Metrics) -> Latency | None:
                    e2e_ms=_dist(m.e2e_ms))
 
 
+def _time_row(entry: dict[str, Any], output_tok_s: float, weight_bytes: int | None,
+              bandwidth: float | None) -> TimeRow | None:
+    phases = entry.get("engine_phases")
+    if not phases:
+        return None
+    zero = {phase: (0.0, 0.0) for phase in HISTOGRAMS}
+    after = {phase: (float(phases[phase][0]), float(phases[phase][1])) for phase in HISTOGRAMS}
+    mean_gateway = phases.get("gateway_ms_mean")
+    b = breakdown(zero, after, output_tok_s, weight_bytes, bandwidth,
+                  [mean_gateway] if mean_gateway is not None else None)
+    if b is None:
+        return None
+    return TimeRow(requests=b.requests, queue_ms=b.queue_s * 1000, prefill_ms=b.prefill_s * 1000,
+                   decode_ms=b.decode_s * 1000, gateway_ms=b.gateway_s * 1000 if b.gateway_s is not None else None,
+                   decode_efficiency=b.decode_efficiency, bottleneck=b.bottleneck, advice=b.advice)
+
+
+TARGET_MS = 100.0  # the seed's "latency under 100 ms" for a customer-service chatbot
+
+
+def target_sentence(points: list[PointRow]) -> str | None:
+    """Whether TTFT p99 and TPOT p99 stay under 100 ms, and up to which load point (in sweep order)."""
+    met: list[PointRow] = []
+    first_miss: str | None = None
+    for p in sorted(points, key=lambda p: p.value):
+        lat = p.latency
+        ttft = lat.ttft_ms.p99 if lat and lat.ttft_ms else None
+        tpot = lat.tpot_ms.p99 if lat and lat.tpot_ms else None
+        if ttft is None or tpot is None:
+            return (f"p99 not backed at {p.point} (n = {p.completed}; p99 needs 100 requests), so the "
+                    f"{TARGET_MS:.0f} ms target cannot be judged")
+        if ttft < TARGET_MS and tpot < TARGET_MS:
+            met.append(p)
+        else:
+            first_miss = f"{p.point}: TTFT p99 {ttft:.0f} ms, TPOT p99 {tpot:.0f} ms"
+            break
+    if not points:
+        return None
+    if first_miss is None:
+        return f"TTFT p99 and TPOT p99 under {TARGET_MS:.0f} ms at every load measured (up to {met[-1].point})"
+    if met:
+        return f"under {TARGET_MS:.0f} ms up to {met[-1].point}; missed at {first_miss}"
+    return f"missed at the lightest load measured ({first_miss})"
+
+
 def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, hardware: HardwareRow | None,
-              usd_per_kwh: float | None) -> PointRow:
+              usd_per_kwh: float | None, weight_bytes: int | None = None,
+              bandwidth: float | None = None) -> PointRow:
     m = compute_metrics(records, slo)
     cost = None
     if hardware and m.completed:
@@ -50,6 +107,7 @@ def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, har
         throughput=Throughput(output_tok_s=m.output_throughput, request_s=m.request_throughput,
                               output_tok_s_ci=CI.of(m.output_throughput_ci)) if m.completed else None,
         goodput_rps=m.goodput_rps, cost=cost, slo_violations=slo_violations(m, slo), errors=m.errors,
+        time=_time_row(entry, m.output_throughput, weight_bytes, bandwidth) if m.completed else None,
     )
 
 
@@ -81,6 +139,7 @@ def _task_fields(scores: TaskScores | None, source: TaskScores | None) -> dict[s
 
 def _attach_measurements(row: VariantRow, points: list[PointRow], ref: str | None) -> None:
     row.by_concurrency = points
+    row.target_100ms = target_sentence(points)
     at = next((p for p in points if p.point == ref), points[-1] if points else None)
     if at is None:
         return
@@ -103,8 +162,13 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
     for r in records:
         by_point[(r.model, r.point)].append(r)
     ref = reference_point(eval_doc)
+    weights = {m.name: m.weight_bytes for m in manifests}
+    if manifests and eval_doc.get("source_model"):
+        weights[eval_doc["source_model"]] = manifests[0].source.weight_bytes
+    bandwidth = (eval_doc.get("memory_bandwidth") or {}).get("bytes_per_s")
     measured = {
-        model: [point_row(e, by_point[(model, e["point"])], slo, hardware, usd_per_kwh)
+        model: [point_row(e, by_point[(model, e["point"])], slo, hardware, usd_per_kwh, weights.get(model),
+                          bandwidth)
                 for e in result["points"]]
         for model, result in eval_doc["results"].items()
     }

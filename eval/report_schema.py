@@ -77,6 +77,19 @@ class QualityRow(BaseModel):
     recovery_ci: CI | None = None  # paired bootstrap over items, 95%
 
 
+class TimeRow(BaseModel):
+    """Where a load point's time went (vLLM's own histograms) and what limits it (eval/breakdown.py)."""
+
+    requests: int
+    queue_ms: float
+    prefill_ms: float
+    decode_ms: float
+    gateway_ms: float | None
+    decode_efficiency: float | None  # weight bytes per token x output tok/s / measured memory bandwidth
+    bottleneck: str
+    advice: str
+
+
 class PointRow(BaseModel):
     """One load point of one model."""
 
@@ -93,6 +106,7 @@ class PointRow(BaseModel):
     cost: Cost | None
     slo_violations: list[str]  # aggregate check at this point; empty when every objective holds
     errors: dict[str, int]
+    time: TimeRow | None = None  # None: the engine's /metrics was out of reach (an endpoint given to eval)
 
 
 class VariantRow(BaseModel):
@@ -116,6 +130,7 @@ class VariantRow(BaseModel):
     by_concurrency: list[PointRow] = Field(default_factory=list)
     unavailable_reason: str | None = None  # why latency/throughput/cost are null
     plan_precision: str | None = None  # its row in vram_plan
+    target_100ms: str | None = None  # the seed's target: TTFT p99 and TPOT p99 under 100 ms, up to which load
 
 
 class FloorVerdict(BaseModel):
@@ -148,6 +163,9 @@ class Report(BaseModel):
     notes: list[str]
     variants: list[VariantRow]
     vram_plan: dict[str, Any]
+    isolation: str | None = None  # each model alone, or all up together (neighbours share the machine)
+    memory_bandwidth_gbs: float | None = None  # this machine's STREAM-style copy, for decode efficiency
+    noise: dict[str, Any] | None = None  # the source measured twice: its drift is the machine's noise
 
     def variant(self, name: str) -> VariantRow | None:
         return next((v for v in self.variants if v.name == name), None)

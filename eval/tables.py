@@ -131,6 +131,28 @@ def vram_table(plan: dict[str, Any]) -> Table:
     return headers, rows
 
 
+def time_table(report: Report) -> Table:
+    """At the reference point: mean time per request in each phase, how near decode runs to the memory wall,
+    what limits it, and what would help next."""
+    headers = ["variant", "point", "n", "queue ms", "prefill ms", "decode ms", "gateway ms", "decode vs bandwidth",
+               "bottleneck", "what would help next"]
+    rows = []
+    for v in report.variants:
+        at = next((p for p in v.by_concurrency if p.point == v.reference_point), None)
+        t = at.time if at else None
+        if at is None or t is None:
+            continue
+        rows.append([v.name, at.point, fmt(t.requests, "d"), fmt(t.queue_ms, ".0f"), fmt(t.prefill_ms, ".0f"),
+                     fmt(t.decode_ms, ".0f"), fmt(t.gateway_ms, ".2f"), fmt(t.decode_efficiency, ".0%"),
+                     t.bottleneck, t.advice])
+    return headers, rows
+
+
+def target_table(report: Report) -> Table:
+    headers = ["variant", "TTFT p99 and TPOT p99 under 100 ms?"]
+    return headers, [[v.name, v.target_100ms] for v in report.variants if v.target_100ms]
+
+
 def md_table(table: Table) -> str:
     headers, rows = table
 

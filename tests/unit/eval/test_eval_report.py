@@ -243,3 +243,25 @@ def test_bad_report_inputs(tmp_path: Path, run: Path):
         make_report(run, constraints=ReportConstraints(plan_model="llama-70b"))
     with pytest.raises(UserError, match="malformed SLO"):
         make_report(run, constraints=ReportConstraints(slo="ttft"))
+
+
+def test_report_says_where_the_time_goes_and_whether_the_100ms_target_holds(tmp_path):
+    run = write_big_run(tmp_path / "run")
+    doc = json.loads((run / "eval.json").read_text())
+    # vLLM's histograms over the point: 120 requests, 5 ms queued, 20 ms prefill, 450 ms decode each
+    doc["results"][SOURCE]["points"][0]["engine_phases"] = {
+        "queue": [0.6, 120], "prefill": [2.4, 120], "decode": [54.0, 120], "gateway_ms_mean": 0.8}
+    doc["memory_bandwidth"] = {"bytes_per_s": 13e9}
+    doc["isolation"] = "one model at a time, the other engines stopped"
+    (run / "eval.json").write_text(json.dumps(doc))
+    report = make_report(run)
+    row = report.variant(SOURCE)
+    time = row.by_concurrency[0].time
+    assert time is not None and time.requests == 120
+    assert (round(time.queue_ms), round(time.prefill_ms), round(time.decode_ms)) == (5, 20, 450)
+    assert time.gateway_ms == pytest.approx(0.8) and time.bottleneck == "compute" and time.advice
+    # TTFT p99 of 100 + i ms over 120 requests is past 100 ms: the target is missed at the lightest load
+    assert row.target_100ms.startswith("missed at the lightest load measured (concurrency=1: TTFT p99 2")
+    md = build_report(run).with_name("report.md").read_text()
+    assert "## Where the time goes" in md and "Each model was measured alone" in md and "13.0 GB/s" in md
+    assert "## The 100 ms target" in md
