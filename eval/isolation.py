@@ -48,7 +48,7 @@ def merge_runs(parts: list[Path], out: Path, source: str | None, repeat: Path | 
     """One run folder (eval.json + records.jsonl) from per-model runs, as `quantserve report` reads it."""
     docs = [read_eval(p) for p in parts]
     merged = dict(docs[0])
-    merged["models"] = [m for d in docs for m in d["models"]]
+    merged["models"] = list(dict.fromkeys(m for d in docs for m in d["models"]))
     merged["results"] = {m: r for d in docs for m, r in d["results"].items()}
     merged["serving"] = {m: s for d in docs for m, s in d.get("serving", {}).items()}
     merged["source_model"] = source

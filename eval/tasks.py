@@ -194,7 +194,7 @@ async def _ask(client: httpx.AsyncClient, endpoint: Endpoint, model: str, task: 
 
 
 async def run_tasks(client: httpx.AsyncClient, endpoint: Endpoint, model: str, tasks: list[Task],
-                    max_tokens: int = 16, parallel: int = 4, timeout_s: float = 120.0) -> TaskScores:
+                    max_tokens: int = 16, parallel: int = 8, timeout_s: float = 120.0) -> TaskScores:
     gate = asyncio.Semaphore(parallel)
 
     async def one(task: Task) -> TaskResult:

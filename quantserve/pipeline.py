@@ -31,7 +31,7 @@ class RunOptions:
     seq_len: int = 256
     scenario: str = "support-chat"
     sweep: str = "concurrency=1,4"
-    requests_per_point: int = 8
+    requests_per_point: int = 10  # eval defaults to 100; `make run` stays inside 30 min and the report says n
     max_tokens: int = 64
     gpu: str = "cpu-2core"
     slo: str | None = None
@@ -115,7 +115,7 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
     from quantserve.serve.config import load_config
     from quantserve.serve.stack import ServeStack
 
-    config = load_config(None, model_refs=[ref], auth=False, port=0)
+    config = load_config(None, model_refs=[ref], auth=False, port=0, host_sources=False)
     try:
         with ServeStack(config, probe=lambda: probe, best_effort=True) as stack:
             skipped.update(stack.skipped)

@@ -134,6 +134,8 @@ def _add_variant(
         return
     catalog.add(_hosted(manifest.name, str(folder.resolve()), config, verdicts, origin="variant", required=named))
     source = Path(manifest.source.path)
+    if not config.host_sources:
+        return
     if source.is_dir():
         catalog.add(_hosted(source.name, str(source.resolve()), config, verdicts, origin="source"))
     else:

@@ -144,6 +144,7 @@ class ServeConfig(BaseSettings):
     gateway_id: str = Field(default_factory=socket.gethostname)  # written on each ledger row
     variants_dir: Path | None = None
     model_refs: list[str] = Field(default_factory=list)  # --model values: folders, variant names, HF ids
+    host_sources: bool = True  # a hosted variant brings its source along, as the quality and speed baseline
     models: list[ModelSpec] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     overload: OverloadSettings = Field(default_factory=OverloadSettings)

@@ -121,6 +121,14 @@ def test_whole_folder_skips_what_the_probe_cannot_run_and_adds_the_source(varian
                                                                            ("full", "float32", "probe")]
 
 
+def test_a_variant_alone_when_sources_are_not_hosted(variants_dir):
+    """`quantserve run` measures each model alone: a variant's folder must not bring its source along."""
+    ref = [str(variants_dir / "tiny-src-w8a8-int8")]
+    assert resolve_catalog(load_config(model_refs=ref), on(AVX2_LIKE)).names() == ["tiny-src-w8a8-int8", "tiny-src"]
+    alone = resolve_catalog(load_config(model_refs=ref, host_sources=False), on(AVX2_LIKE))
+    assert alone.names() == ["tiny-src-w8a8-int8"]
+
+
 def test_naming_a_variant_the_probe_cannot_run_is_refused_with_reason_and_alternatives(variants_dir):
     config = load_config(variants_dir=variants_dir, model_refs=["tiny-src-gptq-w4a16"])
     with pytest.raises(UserError) as err:
