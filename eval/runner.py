@@ -57,7 +57,7 @@ class EvalConfig(BaseModel):
     source_model: str | None = None  # served name of the unquantized model; None: guessed
     tasks: bool = True
     tasks_file: Path | None = None  # None: prompts/tasks/support_tasks.jsonl when present
-    task_max_tokens: int = 16
+    task_max_tokens: int = 24  # answers are a word or a short sentence; 16 cut off quoted extractions
     not_served: dict[str, str] = Field(default_factory=dict)  # variants the run could not serve -> why
     # the engine's own /metrics (vLLM): queue / prefill / decode time per load point; None for an endpoint whose
     # engines are out of reach

@@ -119,3 +119,29 @@ def test_plan_precision_from_manifest_recipes():
     assert precision_of("w8a8-int8", "W8A8", 8, None).effective_bits(llama) == 8.0
     with pytest.raises(UserError, match="unknown plan model 'gpt-5'"):
         vram_plan("gpt-5")
+
+
+def test_shipped_task_set_is_checkable_and_matches_its_generator():
+    import importlib.util
+
+    from quantserve.eval.tasks import default_tasks_path
+    from tests.conftest import REPO
+
+    tasks = load_tasks(default_tasks_path())
+    assert len(tasks) >= 200 and len({t.id for t in tasks}) == len(tasks)
+    kinds = {t.kind for t in tasks}
+    assert kinds == {"intent", "policy", "extract", "fact"}
+    assert min(sum(t.kind == k for t in tasks) for k in kinds) >= 50
+    for t in tasks:
+        if t.match == "choice":
+            assert str(t.answer) in (t.choices or []), t.id
+        if t.kind == "extract":  # an exact string the message holds
+            assert str(t.answer) in t.messages[-1]["content"], t.id
+        assert score(t, str(t.answer)), t.id  # the answer itself passes its own rule
+    # the file is the generator's output: edit prompts/tasks/build_support_tasks.py, then run it
+    spec = importlib.util.spec_from_file_location("build_support_tasks",
+                                                  REPO / "prompts" / "tasks" / "build_support_tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert [Task.model_validate(row) for row in module.tasks()] == tasks
