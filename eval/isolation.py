@@ -13,6 +13,7 @@ from typing import Any
 
 from quantserve.eval.records import RECORDS_NAME
 from quantserve.eval.runner import EVAL_NAME, read_eval
+from quantserve.eval.tasks import TaskScores, task_quality
 
 # the per-point speed figures whose drift between the source's two runs is reported as noise
 _DRIFT_FIGURES = {"output_throughput": ("output tok/s", None), "ttft_ms": ("TTFT p50", "p50"),
@@ -43,6 +44,20 @@ def drift(first: dict[str, Any], repeat: dict[str, Any]) -> list[dict[str, Any]]
     return rows
 
 
+def task_drift(first: dict[str, Any], repeat: dict[str, Any]) -> dict[str, Any] | None:
+    """The source's task answers against its own repeat, item by item: what the quality floor cannot see
+    through. Greedy answers still move between runs (batch composition changes the numerics)."""
+    if not first.get("tasks") or not repeat.get("tasks"):
+        return None
+    tq = task_quality(TaskScores.from_dict(repeat["tasks"]), TaskScores.from_dict(first["tasks"]))
+    if tq is None or not tq.paired:
+        return None
+    return {"items": tq.paired, "disagreed": tq.only_source_right + tq.only_model_right,
+            "accuracy_first": TaskScores.from_dict(first["tasks"]).accuracy, "accuracy_repeat": tq.accuracy.value,
+            "recovery": tq.recovery,
+            "recovery_ci": [tq.recovery_ci.low, tq.recovery_ci.high] if tq.recovery_ci else None}
+
+
 def merge_runs(parts: list[Path], out: Path, source: str | None, repeat: Path | None,
                not_served: dict[str, str]) -> Path:
     """One run folder (eval.json + records.jsonl) from per-model runs, as `quantserve report` reads it."""
@@ -58,8 +73,9 @@ def merge_runs(parts: list[Path], out: Path, source: str | None, repeat: Path | 
     notes = [n for d in docs for n in d.get("notes", [])]
     notes.append("Each model was measured alone: only its engine ran, so no neighbour shared the cores.")
     if repeat is not None and source is not None and source in merged["results"]:
-        rows = drift(merged["results"][source], read_eval(repeat)["results"].get(source, {}))
-        merged["noise"] = {"model": source, "rows": rows}
+        again = read_eval(repeat)["results"].get(source, {})
+        rows = drift(merged["results"][source], again)
+        merged["noise"] = {"model": source, "rows": rows, "tasks": task_drift(merged["results"][source], again)}
         if rows:
             worst = max(rows, key=lambda r: abs(r["drift"]))
             notes.append(f"Noise: the source was measured again at the end; its figures moved by up to "

@@ -19,6 +19,7 @@ from quantserve.eval.slo import Slo, format_slo, slo_to_dict
 GIB = 1024**3
 DEFAULT_MIN_RECOVERY = 0.95
 DEFAULT_MAX_KLD = 0.05
+FLOOR_REJECTION = "below the quality floor"
 
 
 def best_point(row: VariantRow, slo: Slo) -> PointRow | None:
@@ -73,7 +74,7 @@ def rejection(row: VariantRow, slo: Slo, max_memory_gb: float | None, floor: Flo
             return (f"{vram_plan['model']} at this precision needs ~{plan['total_gb']:.1f} GiB, "
                     f"over the {usable:.1f} GiB usable of {max_memory_gb:g} GB")
     if floor is not None and floor.passed is False:
-        return f"below the quality floor: {floor.reason}"
+        return f"{FLOOR_REJECTION}: {floor.reason}"
     if best_point(row, slo) is None:
         first = next((p for p in row.by_concurrency if p.slo_violations), None)
         detail = f" (at {first.point}: {'; '.join(first.slo_violations)})" if first else ""
@@ -124,9 +125,11 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
             rejected[row.name] = why or "no usable load point"
     rejected_text = "; ".join(f"{name}: {why}" for name, why in rejected.items())
     head = f"Constraints: {', '.join(asked)}. {len(passing)} of {len(rows)} variants qualify."
-    below = [f"{name} ({v.reason})" for name, v in floors.items() if v.passed is False]
-    # Named whatever else rules them out: an unmeasured variant may still be one not worth measuring.
-    quality = f" Below the quality floor: {'; '.join(below)}." if below else ""
+    # A variant ruled out for another reason is still named when it is also below the floor: an unmeasured
+    # variant may be one not worth measuring. One ruled out by the floor is already named above.
+    below = [f"{name} ({v.reason})" for name, v in floors.items()
+             if v.passed is False and not rejected.get(name, "").startswith(FLOOR_REJECTION)]
+    quality = f" Also below the quality floor: {'; '.join(below)}." if below else ""
     if not passing:
         return Recommendation(variant=None, constraints=constraints, rejected=rejected, quality_floor=floors,
                               reasoning=(f"{head} No variant meets every constraint, so none is recommended. "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import Any
 
 from quantserve.eval.plots import PLOTS
 from quantserve.eval.report_schema import Report
@@ -67,7 +68,7 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
             "The customer-service chatbot this stack exists for wants latency under 100 ms: whether each "
             "model's TTFT p99 and TPOT p99 stay under it, and up to which load; the VRAM plan below says which "
             "cards hold a 7-8B model in each precision.", target_table(report)]),
-        ("quality", "Quality", [quality_table(report), "!note", "!plot:frontier"]),
+        ("quality", "Quality", [quality_table(report), *task_noise(report), "!note", "!plot:frontier"]),
         ("memory", "Memory", ["!plot:memory"]),
         ("vram", f"VRAM plan for {plan['model']}",
          [f"At {plan['context_len']} tokens of context × {plan['concurrency']} concurrent sequences, "
@@ -75,6 +76,23 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
         ("unavailable", "Variants without speed numbers", unavailable or ["Every variant was measured."]),
         ("notes", "Notes", [f"- {n}" for n in report.notes] or ["None."]),
     ]
+
+
+def task_noise_sentence(tasks: dict[str, Any] | None) -> str | None:
+    """The source against its own repeat on the task set (eval/isolation.py `task_drift`)."""
+    if not tasks:
+        return None
+    ci = tasks.get("recovery_ci")
+    interval = f", 95% CI {ci[0]:.3f}–{ci[1]:.3f}" if ci else ""
+    return (f"Task noise: the source's task set was run again at the end; its answers differed on "
+            f"{tasks['disagreed']} of {tasks['items']} items (accuracy {tasks['accuracy_first']:.3f} then "
+            f"{tasks['accuracy_repeat']:.3f}; recovery against itself {tasks['recovery']:.3f}{interval}). A "
+            "variant's recovery interval is at least about this wide.")
+
+
+def task_noise(report: Report) -> list[str]:
+    sentence = task_noise_sentence((report.noise or {}).get("tasks"))
+    return [sentence] if sentence else []
 
 
 def time_intro(report: Report) -> str:

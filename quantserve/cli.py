@@ -53,6 +53,11 @@ def run_all(
     slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
     engines: int = typer.Option(_RUN.max_engines, min=1,
                                 help="Most models to measure, each alone (the source counts as one)."),
+    min_recovery: float = typer.Option(_RUN.min_recovery, "--min-recovery", min=0,
+                                      help="Quality floor of the recommendation: task recovery's 95% CI lower "
+                                           "bound; 0 turns it off."),
+    max_kld: float = typer.Option(_RUN.max_kld, "--max-kld", min=0,
+                                 help="Quality floor where tasks were not run: highest mean KLD vs the source."),
 ) -> None:
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
@@ -61,7 +66,8 @@ def run_all(
 
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
-                   max_tokens=max_tokens, gpu=gpu, slo=slo, max_engines=engines))
+                   max_tokens=max_tokens, gpu=gpu, slo=slo, max_engines=engines, min_recovery=min_recovery,
+                   max_kld=max_kld))
 
 
 @app.command("probe")

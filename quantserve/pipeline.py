@@ -16,6 +16,7 @@ from pathlib import Path
 
 from quantserve.checkpoint import FORMATS
 from quantserve.errors import UserError
+from quantserve.eval.recommend import DEFAULT_MAX_KLD, DEFAULT_MIN_RECOVERY
 from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.probe import ProbeResult, ensure_probe
 from quantserve.progress import say
@@ -35,6 +36,8 @@ class RunOptions:
     max_tokens: int = 64
     gpu: str = "cpu-2core"
     slo: str | None = None
+    min_recovery: float = DEFAULT_MIN_RECOVERY  # the recommendation's quality floor; 0 turns it off
+    max_kld: float = DEFAULT_MAX_KLD
     # models measured, the source included; one engine runs at a time
     max_engines: int = 6
 
@@ -95,12 +98,13 @@ def run(opts: RunOptions) -> Path:
                 source_name = _served_name(part)
     if not parts:
         raise UserError("nothing was measured: every engine failed to start (see the reasons above)")
-    stage(5, "the source again, to state this machine's noise")
-    repeat = (_measure_alone(str(source), opts, probe, run_dir / "parts" / "repeat-source", skipped, tasks=False)
+    stage(5, "the source again, to state this machine's noise (speed, and task answers)")
+    repeat = (_measure_alone(str(source), opts, probe, run_dir / "parts" / "repeat-source", skipped)
               if source_name is not None else None)
     merge_runs(parts, run_dir, source_name, repeat, skipped)
     stage(6, "report")
-    html = build_report(run_dir, opts.variants_dir, ReportConstraints(slo=opts.slo, gpu=opts.gpu))
+    html = build_report(run_dir, opts.variants_dir, ReportConstraints(
+        slo=opts.slo, gpu=opts.gpu, min_recovery=opts.min_recovery, max_kld=opts.max_kld))
     update_latest(run_dir)
     say(f"done in {time.perf_counter() - start:.0f}s")
     say(f"report: {html}")
@@ -108,8 +112,7 @@ def run(opts: RunOptions) -> Path:
     return html
 
 
-def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, skipped: dict[str, str],
-                   tasks: bool = True) -> Path | None:
+def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, skipped: dict[str, str]) -> Path | None:
     """Serve one model (its engine the only one running), measure it through the gateway, stop it."""
     from quantserve.eval.runner import EvalConfig, run_eval
     from quantserve.serve.config import load_config
@@ -123,7 +126,7 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
                 base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
                 num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
                 slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
-                tasks=tasks, engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
+                tasks=True, engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
             ))
     except UserError as err:  # its engine failed to start: the others go on
         skipped[Path(ref).name] = str(err)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from quantserve.eval.isolation import drift, merge_runs
+from quantserve.eval.render import task_noise_sentence
+from quantserve.eval.tasks import TaskResult, summarize
 
 
 def _part(root: Path, name: str, model: str, tok_s: float, ttft_p50: float) -> Path:
@@ -39,3 +41,35 @@ def test_drift_skips_figures_a_run_does_not_have():
     again = {"points": [{"point": "concurrency=1", "metrics": {"output_throughput": 12.0, "ttft_ms": None}}]}
     assert drift(first, again) == [{"point": "concurrency=1", "figure": "output tok/s", "first": 10.0,
                                     "repeat": 12.0, "drift": 0.2}]
+
+
+def _with_tasks(part: Path, model: str, correct: list[bool]) -> Path:
+    doc = json.loads((part / "eval.json").read_text())
+    results = [TaskResult(f"t{i}", "intent", "x", ok) for i, ok in enumerate(correct)]
+    doc["results"][model]["tasks"] = summarize(model, results).to_dict()
+    (part / "eval.json").write_text(json.dumps(doc))
+    return part
+
+
+def test_the_sources_task_answers_against_its_repeat_are_the_task_noise(tmp_path):
+    first = [True] * 60 + [False] * 40
+    again = list(first)
+    again[0], again[1], again[60] = False, False, True  # 3 items moved between the two runs: 2 lost, 1 gained
+    parts = [_with_tasks(_part(tmp_path, "01", "src", 30.0, 80.0), "src", first)]
+    repeat = _with_tasks(_part(tmp_path, "repeat", "src", 30.0, 80.0), "src", again)
+    doc = json.loads((merge_runs(parts, tmp_path / "run", "src", repeat, {}) / "eval.json").read_text())
+    tasks = doc["noise"]["tasks"]
+    assert tasks["items"] == 100 and tasks["disagreed"] == 3
+    assert tasks["accuracy_first"] == 0.60 and tasks["accuracy_repeat"] == 0.59
+    assert abs(tasks["recovery"] - 59 / 60) < 1e-9
+    low, high = tasks["recovery_ci"]
+    assert low < 59 / 60 < high and high - low < 0.2
+    sentence = task_noise_sentence(tasks)
+    assert "differed on 3 of 100 items (accuracy 0.600 then 0.590; recovery against itself 0.983" in sentence
+
+
+def test_no_task_noise_without_tasks_in_both_runs(tmp_path):
+    parts = [_with_tasks(_part(tmp_path, "01", "src", 30.0, 80.0), "src", [True, False])]
+    repeat = _part(tmp_path, "repeat", "src", 30.0, 80.0)
+    doc = json.loads((merge_runs(parts, tmp_path / "run", "src", repeat, {}) / "eval.json").read_text())
+    assert doc["noise"]["tasks"] is None and task_noise_sentence(None) is None

@@ -163,12 +163,13 @@ def test_default_quality_floor_rejects_a_variant_whose_recovery_interval_reaches
     assert rec.quality_floor[GPTQ].passed is False and rec.quality_floor[GPTQ].basis == "recovery"
     assert rec.rejected[GPTQ].startswith(f"below the quality floor: task recovery 0.75 (95% CI {low:.2f}–")
     assert f"lower bound {low:.2f} < 0.95" in rec.rejected[GPTQ]
-    # the paragraph names it as rejected on quality, and says why
-    below = rec.reasoning.split("Below the quality floor: ")[1]
-    assert f"{GPTQ} (task recovery 0.75 (95% CI {low:.2f}" in below
-    # NF4 was not served here and has no task scores: its KLD (0.06 > 0.05) decides, and fails
+    # the paragraph names it as rejected on quality, says why, and says it once
+    assert f"{GPTQ}: below the quality floor: task recovery 0.75 (95% CI {low:.2f}" in rec.reasoning
+    assert rec.reasoning.count(f"{GPTQ} (task recovery") + rec.reasoning.count(f"{GPTQ}: below") == 1
+    # NF4 was not served here (its rejection) and has no task scores: its KLD (0.06 > 0.05) fails the floor too
     assert rec.quality_floor[NF4].basis == "kld" and rec.quality_floor[NF4].passed is False
-    assert f"{NF4} (tasks not run; mean KLD 0.0600 > 0.05)" in rec.reasoning
+    also = rec.reasoning.split("Also below the quality floor: ")[1]
+    assert also.startswith(f"{NF4} (tasks not run; mean KLD 0.0600 > 0.05)")
     assert rec.quality_floor[SOURCE].passed is True
     # a looser floor the interval clears lets gptq through
     loose = make_report(run, constraints=ReportConstraints(min_recovery=low - 0.01)).recommendation
