@@ -13,6 +13,11 @@ default model, SmolLM2-135M-Instruct, could follow when this set was designed (g
     example's answer.
   - fact: three worked examples in a system message.
 Every item is original text about the fictional retailer Northwind Gadgets or general knowledge.
+120 items per kind, in two batches of 60: the second batch (same formats, new text) was added to narrow the
+paired bootstrap interval of recovery (w8a8-int8: ±0.064 at 240 items, ±0.047 at 480), so that a near-lossless
+variant can clear the default quality floor (lower bound ≥ 0.95); it comes after the first in each kind so the
+first batch keeps its ids. Its items were written without selecting on the model's answers,
+and the source model finds some of them harder (general-knowledge facts most of all).
 """
 
 from __future__ import annotations
@@ -112,6 +117,81 @@ INTENT = {
     ],
 }
 
+# The second batch (added to halve the recovery interval's width): new messages, scored after the first batch so
+# the first batch keeps its ids.
+INTENT_MORE = {
+    "refund": [
+        "The air fryer stopped working after two days. I'd rather have my money back.",
+        "I returned the monitor last week. When will I see the refund?",
+        "Your website says the refund was issued, but my bank shows nothing.",
+        "I sent back both chargers and only got money back for one of them.",
+        "Please give me a refund for the broken phone case.",
+        "I'm returning the smart plug unopened and want a full refund.",
+        "You canceled my order, so where is my money?",
+        "Can I still get my money back for the earbuds if I opened the box?",
+        "I returned the keyboard and you kept the shipping fee. Please refund all of it.",
+        "The refund for my returned camera is smaller than what I paid.",
+        "I don't need the printer anymore. How do I get a refund?",
+        "The mouse pad was the wrong size, so I sent it back. I want my refund now.",
+    ],
+    "shipping": [
+        "My parcel has been stuck in customs for a week.",
+        "Can you ship my order to my office instead of my home?",
+        "Which courier do you use for deliveries to Oregon?",
+        "The parcel arrived three days later than promised.",
+        "Is there overnight delivery to Boston?",
+        "The tracking has said out for delivery since Monday.",
+        "Can you hold my package at the post office for pickup?",
+        "Why is my order shipping from another country?",
+        "My package was sent back to you. Can you ship it again?",
+        "Do you offer same-day delivery in Seattle?",
+        "If I order today, how soon will it ship?",
+        "Only one of my two boxes was delivered.",
+    ],
+    "account": [
+        "I can't remember which email I used to sign up.",
+        "Please change the name on my account to my married name.",
+        "My account got locked after too many login attempts.",
+        "How do I close my Northwind account for good?",
+        "The sign-in code never arrives on my phone.",
+        "Can my wife and I share one account?",
+        "I think someone changed my account password without asking me.",
+        "Where do I update my date of birth in my profile?",
+        "The site keeps logging me out of my account every few minutes.",
+        "I can't create an account because it says my email is already used.",
+        "How do I turn off login alerts on my account?",
+        "Please reset my password, the reset link expired.",
+    ],
+    "technical": [
+        "The smart plug keeps disconnecting from the app.",
+        "My e-reader screen has gray lines across it.",
+        "The air purifier fan makes a rattling noise.",
+        "The wireless mouse stops moving every few minutes.",
+        "My router restarts by itself every night.",
+        "The webcam picture is blurry even after I cleaned the lens.",
+        "The electric toothbrush won't hold a charge.",
+        "The soundbar has no sound when I connect it with HDMI.",
+        "My fitness tracker counts steps while I'm sitting still.",
+        "The microwave display is blank but the light turns on.",
+        "The game controller won't pair with my console.",
+        "The doorbell camera app says the device is offline.",
+    ],
+    "billing": [
+        "My card was charged before the order shipped. Is that normal?",
+        "I got charged $12 for gift wrap I didn't ask for.",
+        "Can I pay for this order with a different credit card?",
+        "The total on my bill doesn't match the price on the website.",
+        "Why was I charged a monthly fee after I canceled my membership?",
+        "Please send a VAT invoice for my company.",
+        "My bank shows a pending charge of $99 from Northwind.",
+        "Can I pay in monthly installments?",
+        "My payment failed but the money still left my account.",
+        "I need a copy of my bill for my taxes.",
+        "I was charged more on my card than the sale price.",
+        "Why is my invoice in euros instead of dollars?",
+    ],
+}
+
 RULES = {
     "return": "Items can be returned within 30 days of delivery.",
     "no-return": "Gift cards and opened software cannot be returned.",
@@ -128,6 +208,24 @@ RULES = {
     "hours": "Customer support is open Monday to Friday, 9 am to 6 pm.",
     "students": "Students get a 10% discount with a valid student ID.",
     "damaged": "Damaged items are replaced for free.",
+    "restock": "Opened items returned without a defect have a 15% restocking fee.",
+    "points": "Members earn 2 points for every dollar they spend.",
+    "pickup": "Store pickup orders are held for 7 days.",
+    "bulk": "Orders of 10 or more of the same item get a 5% discount.",
+    "gift-card": "Northwind gift cards never expire.",
+    "exchange": "Exchanges for a different size or color are free.",
+    "repair": "Repairs outside the warranty cost $25 plus parts.",
+    "standard": "Standard delivery takes 3 to 5 business days.",
+    "chat": "Live chat is open every day from 8 am to 10 pm.",
+    "newsletter": "Newsletter subscribers get a $5 coupon.",
+    "receipt": "Returns need a receipt or the order number.",
+    "extended": "An extended warranty adds two more years for $29.",
+    "trade-in": "Old phones can be traded in for store credit.",
+    "limit": "Each customer can buy at most 3 units of a sale item.",
+    "refund-time": "Refunds are issued within 5 business days after the return arrives.",
+    "membership": "Northwind Plus membership costs $49 per year.",
+    "mounting": "TV wall mounting costs $99.",
+    "recycling": "We recycle old batteries for free.",
 }
 POLICY_SYSTEM = "You answer questions about Northwind's store rules in a few words."
 YES_NO = ["yes", "no"]
@@ -209,6 +307,80 @@ POLICY: list[tuple[str, str, str, list[str] | None]] = [
     ("address", "Can the shipping address be changed before the order ships, yes or no?", "yes", YES_NO),
 ]
 
+POLICY_MORE: list[tuple[str, str, str, list[str] | None]] = [
+    ("restock", "What percent restocking fee is charged on an opened item returned without a defect?", "15", None),
+    ("points", "How many points do members earn for each dollar they spend?", "2", None),
+    ("pickup", "For how many days is a store pickup order held?", "7", None),
+    ("bulk", "How many of the same item must be ordered to get the bulk discount?", "10", None),
+    ("bulk", "What percent is the discount on an order of 10 or more of the same item?", "5", None),
+    ("repair", "How many dollars does a repair outside the warranty cost, not counting parts?", "25", None),
+    ("standard", "At least how many business days does standard delivery take?", "3", None),
+    ("standard", "At most how many business days does standard delivery take?", "5", None),
+    ("chat", "At what hour in the morning does live chat open?", "8", None),
+    ("chat", "At what hour in the evening does live chat close?", "10", None),
+    ("newsletter", "How many dollars is the coupon that newsletter subscribers get?", "5", None),
+    ("extended", "How many dollars does the extended warranty cost?", "29", None),
+    ("extended", "How many more years does the extended warranty add?", "2", None),
+    ("limit", "At most how many units of a sale item can one customer buy?", "3", None),
+    ("refund-time", "Within how many business days after the return arrives is a refund issued?", "5", None),
+    ("membership", "How many dollars per year does Northwind Plus membership cost?", "49", None),
+    ("mounting", "How many dollars does TV wall mounting cost?", "99", None),
+    ("return", "How many days does a customer have to return an item after it is delivered?", "30", None),
+    ("free-shipping", "Above what order total in dollars is shipping free?", "50", None),
+    ("express", "Express delivery costs how many dollars?", "15", None),
+    ("students", "Students with a valid student ID save what percent?", "10", None),
+    ("restock", "How big is the restocking fee in percent?", "15", None),
+    ("membership", "Northwind Plus membership costs how many dollars per year?", "49", None),
+    ("pickup", "How many days does the store keep a pickup order?", "7", None),
+    ("points", "How many points does a member earn for spending 10 dollars?", "20", None),
+    ("hours", "At what hour in the evening does customer support stop answering?", "6", None),
+    ("restock", "Who pays a restocking fee: a customer returning an opened item without a defect or a customer "
+     "returning a broken item?", "opened item", ["opened item", "broken item"]),
+    ("points", "Who earns 2 points per dollar: guests or members?", "members", ["guests", "members"]),
+    ("pickup", "How long is a store pickup order held: 7 days or 30 days?", "7 days", ["7 days", "30 days"]),
+    ("gift-card", "When do Northwind gift cards expire: after one year or never?", "never",
+     ["after one year", "never"]),
+    ("exchange", "Is an exchange for a different color free or does it cost $10?", "free", ["$10", "free"]),
+    ("repair", "Is a repair outside the warranty free or does it cost $25 plus parts?", "$25", ["free", "$25"]),
+    ("standard", "How long does standard delivery take: 10 to 14 business days or 3 to 5 business days?", "3 to 5",
+     ["10 to 14", "3 to 5"]),
+    ("chat", "When does live chat open: 8 am or 11 am?", "8 am", ["8 am", "11 am"]),
+    ("newsletter", "Who gets a $5 coupon: store staff or newsletter subscribers?", "newsletter subscribers",
+     ["store staff", "newsletter subscribers"]),
+    ("receipt", "What does a return need: a receipt or a photo?", "receipt", ["receipt", "photo"]),
+    ("receipt", "What can a customer show instead of a receipt: a bank statement or the order number?",
+     "order number", ["bank statement", "order number"]),
+    ("extended", "How much does the extended warranty cost: $99 or $29?", "$29", ["$99", "$29"]),
+    ("trade-in", "What can old phones be traded in for: store credit or cash?", "store credit",
+     ["store credit", "cash"]),
+    ("trade-in", "What can be traded in for store credit: old clothes or old phones?", "old phones",
+     ["old clothes", "old phones"]),
+    ("limit", "Which order of a sale item is allowed: 2 units or 6 units?", "2 units", ["2 units", "6 units"]),
+    ("refund-time", "When is a refund issued after the return arrives: within 2 months or within 5 business days?",
+     "5 business days", ["2 months", "5 business days"]),
+    ("membership", "Does Northwind Plus cost $49 per year or $49 per month?", "per year", ["per year", "per month"]),
+    ("mounting", "What does TV wall mounting cost: $19 or $99?", "$99", ["$19", "$99"]),
+    ("recycling", "Is recycling old batteries free or paid?", "free", ["free", "paid"]),
+    ("recycling", "What does Northwind recycle for free: old furniture or old batteries?", "old batteries",
+     ["old furniture", "old batteries"]),
+    ("bulk", "Which order gets the 5% discount: 12 of the same item or 4 of the same item?", "12", ["12", "4"]),
+    ("warranty", "Which has a one-year warranty: a tablet or a sofa?", "tablet", ["tablet", "sofa"]),
+    ("damaged", "Is a damaged item replaced for $10 or for free?", "for free", ["for $10", "for free"]),
+    ("payment", "Which payment is accepted: a money order or PayPal?", "PayPal", ["money order", "PayPal"]),
+    ("hours", "Is customer support open at 7 pm or at 11 am?", "11 am", ["7 pm", "11 am"]),
+    ("countries", "Which country does Northwind ship to: the United States or France?", "United States",
+     ["United States", "France"]),
+    ("free-shipping", "Which order ships free: one of $45 or one of $120?", "$120", ["$45", "$120"]),
+    ("students", "What discount do students get: 25% or 10%?", "10%", ["25%", "10%"]),
+    ("return", "Which can be returned: a mixer delivered 3 weeks ago or one delivered 3 months ago?", "3 weeks",
+     ["3 weeks", "3 months"]),
+    ("no-return", "Which cannot be returned: a blender or a gift card?", "gift card", ["blender", "gift card"]),
+    ("chat", "Is live chat open on Sunday, yes or no?", "yes", YES_NO),
+    ("gift-card", "Can a Northwind gift card be used five years after it was bought, yes or no?", "yes", YES_NO),
+    ("cancel", "Can an order be canceled after it ships, yes or no?", "no", YES_NO),
+    ("address", "Can the shipping address be changed after the order has shipped, yes or no?", "no", YES_NO),
+]
+
 # The field as asked for: the order number's format is spelled out because the model otherwise drops "NW-".
 FIELDS = {"order": "order number (NW- and five digits)", "email": "email address", "name": "customer's name",
           "phone": "phone number", "tracking": "tracking number", "product": "product name",
@@ -276,6 +448,69 @@ EXTRACT = [
     ("Can I use the code STUDENT10 on a laptop?", "promo", "STUDENT10"),
 ]
 
+EXTRACT_MORE = [
+    ("Order NW-51936 came with the wrong power cord.", "order", "NW-51936"),
+    ("My order NW-26407 shows delivered, but I was at home all day.", "order", "NW-26407"),
+    ("Can you check NW-88125? I placed it on April 9 for $42.", "order", "NW-88125"),
+    ("The return label for order NW-13358 won't print.", "order", "NW-13358"),
+    ("I have 2 orders open, and NW-69471 is the one missing a mouse.", "order", "NW-69471"),
+    ("Please add gift wrap to order NW-40782 if it hasn't shipped.", "order", "NW-40782"),
+    ("Order NW-95204 was charged $18 for shipping even though it was $75.", "order", "NW-95204"),
+    ("Hi team, NW-31679 is missing its remote.", "order", "NW-31679"),
+    ("The box for NW-57012 was open when it arrived on Friday.", "order", "NW-57012"),
+    ("Invoice 4471 does not match order NW-82536.", "order", "NW-82536"),
+    ("Can I still change the address on NW-64190? I moved to apartment 12.", "order", "NW-64190"),
+    ("The refund for order NW-19827 came to $58 instead of $85.", "order", "NW-19827"),
+    ("My dad placed order NW-73344 for me and I need the receipt.", "order", "NW-73344"),
+    ("Order NW-28651 has 4 items but the email lists 3.", "order", "NW-28651"),
+    ("Send the return label to chris.odell@example.com please.", "email", "chris.odell@example.com"),
+    ("I signed up with nina_ross@mailbox.org, not my work address.", "email", "nina_ross@mailbox.org"),
+    ("Write to accounts@greenleafcafe.com for the invoice.", "email", "accounts@greenleafcafe.com"),
+    ("My login email is ben.hart77@example.net and it says no account found.", "email", "ben.hart77@example.net"),
+    ("Please reply to r.mendes@example.org, my other inbox is full.", "email", "r.mendes@example.org"),
+    ("Use ivy.chen@fastmail.com for all order updates.", "email", "ivy.chen@fastmail.com"),
+    ("The confirmation went to oldbox@example.com, which I no longer check.", "email", "oldbox@example.com"),
+    ("Contact our buyer at purchasing@tinyforge.co about order NW-41120.", "email", "purchasing@tinyforge.co"),
+    ("I'm at zoe.k@northmail.com if you need photos of the damage.", "email", "zoe.k@northmail.com"),
+    ("Change my account email to a.novak@example.com today.", "email", "a.novak@example.com"),
+    ("My name is Fatima Noor and my router won't connect.", "name", "Fatima Noor"),
+    ("This is Jonas Becker, writing about a double charge.", "name", "Jonas Becker"),
+    ("Hi, Rosa Delgado here. The charger is missing from my box.", "name", "Rosa Delgado"),
+    ("I'm Kevin Moore and I never got my refund.", "name", "Kevin Moore"),
+    ("Hello, my name is Aisha Bello. Can I change my order?", "name", "Aisha Bello"),
+    ("Samuel Ortiz here. The tablet screen has a crack.", "name", "Samuel Ortiz"),
+    ("Hi, this is Mei Lin. My smartwatch won't charge.", "name", "Mei Lin"),
+    ("My name is Peter Novak and I want to cancel my order.", "name", "Peter Novak"),
+    ("This is Chloe Dubois. The headphones arrived without a case.", "name", "Chloe Dubois"),
+    ("I'm Raj Mehta, and the invoice has the wrong address.", "name", "Raj Mehta"),
+    ("Good morning, Ingrid Larsen here. My parcel is late.", "name", "Ingrid Larsen"),
+    ("Please call me on 555-0158 before 6 pm.", "phone", "555-0158"),
+    ("My new number is 555-0191, please update it.", "phone", "555-0191"),
+    ("You can text 555-0105 when the driver is close.", "phone", "555-0105"),
+    ("Phone: 555-0139. I need help with a refund.", "phone", "555-0139"),
+    ("Call my office at 555-0172 and ask for Dana.", "phone", "555-0172"),
+    ("My husband's phone is 555-0116 if I don't answer.", "phone", "555-0116"),
+    ("I'm reachable at 555-0148 all week, order NW-50663.", "phone", "555-0148"),
+    ("Tracking number 1Z39B8840571 still says in transit.", "tracking", "1Z39B8840571"),
+    ("The tracking code TRK-80417 shows the wrong city.", "tracking", "TRK-80417"),
+    ("My parcel's tracking is 9400-2267-5510 and it's late.", "tracking", "9400-2267-5510"),
+    ("Tracking FDX-442198 says delivery exception.", "tracking", "FDX-442198"),
+    ("I got tracking number LP00918273 but the link is broken.", "tracking", "LP00918273"),
+    ("Tracking DHL-660314 hasn't updated since Monday.", "tracking", "DHL-660314"),
+    ("The Pulse Buds 3 keep dropping the connection.", "product", "Pulse Buds 3"),
+    ("My Glow Strip 2 lights turn pink by themselves.", "product", "Glow Strip 2"),
+    ("I'd like to exchange the Terra Grill for a bigger one.", "product", "Terra Grill"),
+    ("The Orbit Cam won't record at night.", "product", "Orbit Cam"),
+    ("The Frost 500 fridge is making a humming sound.", "product", "Frost 500"),
+    ("Does the Volt Pack charger work with tablets?", "product", "Volt Pack"),
+    ("My Hearth Dial thermostat shows the wrong temperature.", "product", "Hearth Dial"),
+    ("The code SUMMER30 says expired but the email says it's valid.", "promo", "SUMMER30"),
+    ("I entered BACK2SCHOOL at checkout and nothing happened.", "promo", "BACK2SCHOOL"),
+    ("Can I combine code VIP50 with free shipping?", "promo", "VIP50"),
+    ("My cart won't accept the promo code NEWYEAR15.", "promo", "NEWYEAR15"),
+    ("Code BUNDLE5 was removed from my order.", "promo", "BUNDLE5"),
+]
+
 FACT_SHOTS = [("What is the capital of Peru?", "Lima"), ("What color is a lemon?", "yellow"),
               ("How many legs does a cat have?", "4")]
 FACT_SYSTEM = "Answer the question with one word or one number.\n\nExamples:\n\n" + "\n\n".join(
@@ -317,6 +552,44 @@ FACT_NUMBERS = [
     ("How many sides does a hexagon have?", "6"),
 ]
 
+FACT_MORE = [
+    ("What is the capital of Canada?", "Ottawa"), ("What is the capital of Norway?", "Oslo"),
+    ("What is the capital of Ireland?", "Dublin"), ("What is the capital of Sweden?", "Stockholm"),
+    ("What is the capital of Austria?", "Vienna"), ("What is the capital of South Korea?", "Seoul"),
+    ("What is the capital of Thailand?", "Bangkok"), ("What is the capital of Cuba?", "Havana"),
+    ("What is the capital of Poland?", "Warsaw"), ("What is the capital of Kenya?", "Nairobi"),
+    ("What color is grass?", "green"), ("What color is coal?", "black"),
+    ("What color is a ripe tomato?", "red"), ("What color is a ripe banana?", "yellow"),
+    ("What is the opposite of cold?", "hot"), ("What is the opposite of heavy?", "light"),
+    ("What is the opposite of young?", "old"), ("What is the opposite of early?", "late"),
+    ("What is the opposite of full?", "empty"), ("What is the opposite of north?", "south"),
+    ("What is the opposite of strong?", "weak"), ("What is the opposite of true?", "false"),
+    ("What do you call a baby dog?", "puppy"), ("Which animal says moo?", "cow"),
+    ("What is the largest animal on Earth?", "whale"), ("Which animal is called the king of the jungle?", "lion"),
+    ("Which animal has a long trunk?", "elephant"), ("What do you call a baby sheep?", "lamb"),
+    ("Which planet is closest to the Sun?", "Mercury"), ("What force pulls things toward the ground?", "gravity"),
+    ("What is the longest river in Africa?", "Nile"), ("What is the largest desert in Africa?", "Sahara"),
+    ("In which country is the Eiffel Tower?", "France"), ("What is the largest country by area?", "Russia"),
+    ("What language is spoken in Italy?", "Italian"), ("What language is spoken in Japan?", "Japanese"),
+    ("What currency is used in the United States?", "dollar"),
+    ("Who was the first president of the United States?", "Washington"),
+    ("What do you call a person who flies an airplane?", "pilot"), ("Which instrument has 88 keys?", "piano"),
+    ("What season comes after winter?", "spring"), ("What is the first month of the year?", "January"),
+    ("What day comes after Monday?", "Tuesday"),
+]
+FACT_NUMBERS_MORE = [
+    ("How many minutes are in an hour?", "60"), ("How many wheels does a bicycle have?", "2"),
+    ("How many legs does an insect have?", "6"), ("How many sides does a pentagon have?", "5"),
+    ("How many sides does an octagon have?", "8"), ("How many centimeters are in a meter?", "100"),
+    ("How many players does a soccer team have on the field?", "11"),
+    ("How many strings does a standard guitar have?", "6"),
+    ("At how many degrees Celsius does water freeze?", "0"), ("At how many degrees Celsius does water boil?", "100"),
+    ("How many letters are in the English alphabet?", "26"), ("How many days are in April?", "30"),
+    ("How many years are in a century?", "100"), ("How many years are in a decade?", "10"),
+    ("How many eyes does a person have?", "2"), ("How many days are in a leap year?", "366"),
+    ("How many legs does a bird have?", "2"),
+]
+
 
 def _intent(message: str) -> list[dict[str, str]]:
     turns = [{"role": "system", "content": INTENT_SYSTEM}]
@@ -327,19 +600,21 @@ def _intent(message: str) -> list[dict[str, str]]:
 
 def tasks() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for label, messages in INTENT.items():
-        rows += [{"kind": "intent", "messages": _intent(m), "answer": label, "match": "choice", "choices": LABELS}
-                 for m in messages]
-    for rule, question, answer, options in POLICY:
+    for batch in (INTENT, INTENT_MORE):
+        for label, messages in batch.items():
+            rows += [{"kind": "intent", "messages": _intent(m), "answer": label, "match": "choice",
+                      "choices": LABELS} for m in messages]
+    for rule, question, answer, options in POLICY + POLICY_MORE:
         ask = f'Rule: "{RULES[rule]}"\nQuestion: {question}' + (" Answer with a number." if options is None else "")
         messages = [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": ask}]
         row: dict[str, Any] = {"kind": "policy", "messages": messages, "answer": answer}
         rows.append(row | ({"match": "number"} if options is None else {"match": "choice", "choices": options}))
-    for message, field, answer in EXTRACT:
+    for message, field, answer in EXTRACT + EXTRACT_MORE:
         ask = f'Customer message: "{message}"\nCopy the {FIELDS[field]} from the customer message.'
         rows.append({"kind": "extract", "messages": [{"role": "user", "content": ask}], "answer": answer,
                      "match": "contains"})
-    for items, match in ((FACT, "contains"), (FACT_NUMBERS, "number")):
+    for items, match in ((FACT, "contains"), (FACT_NUMBERS, "number"), (FACT_MORE, "contains"),
+                         (FACT_NUMBERS_MORE, "number")):
         rows += [{"kind": "fact", "messages": [{"role": "system", "content": FACT_SYSTEM},
                                                {"role": "user", "content": q}], "answer": a, "match": match}
                  for q, a in items]

@@ -128,10 +128,10 @@ def test_shipped_task_set_is_checkable_and_matches_its_generator():
     from tests.conftest import REPO
 
     tasks = load_tasks(default_tasks_path())
-    assert len(tasks) >= 200 and len({t.id for t in tasks}) == len(tasks)
+    assert len(tasks) >= 480 and len({t.id for t in tasks}) == len(tasks)
     kinds = {t.kind for t in tasks}
     assert kinds == {"intent", "policy", "extract", "fact"}
-    assert min(sum(t.kind == k for t in tasks) for k in kinds) >= 50
+    assert min(sum(t.kind == k for t in tasks) for k in kinds) >= 120
     for t in tasks:
         if t.match == "choice":
             assert str(t.answer) in (t.choices or []), t.id
