@@ -83,7 +83,7 @@ stop:
 bench: install
 	mkdir -p bench
 	$(VENV)/bin/quantserve probe --force --json > bench/probe.json
-	$(VENV)/bin/quantserve quantize --out variants/ > /dev/null
+	$(VENV)/bin/quantserve quantize --variants all --out variants/ > /dev/null
 	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
 	$(PY) -m quantserve.serve_bench bench/serve.json
 

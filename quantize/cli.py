@@ -38,8 +38,10 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Embedded default name, HF id, or local folder."),
         variants: str = typer.Option(_DEFAULTS.variants, "--variants", "-v",
-                                     help="Comma list from quantize/variants.yaml, or 'all': "
-                                          f"{', '.join(load_variants())}."),
+                                     help="Comma list from quantize/variants.yaml, 'default' (all but the "
+                                          "opt-in ones) or 'all': " + ", ".join(
+                                              f"{n}{' (opt-in)' if r.opt_in else ''}"
+                                              for n, r in load_variants().items()) + "."),
         out: Path = typer.Option(_DEFAULTS.out, "--out", "-o", help="Folder that receives one folder per variant."),
         samples: int = typer.Option(_DEFAULTS.samples, min=1, help="Calibration samples (GPTQ/AWQ/W8A8)."),
         seq_len: int = typer.Option(_DEFAULTS.seq_len, min=16, help="Tokens per calibration sample."),

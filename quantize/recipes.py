@@ -18,6 +18,9 @@ class _Recipe(BaseModel):
     scheme: str
     bits: int
     ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
+    # Built only when named or with `--variants all` (`make bench`), not by default (`make run`'s time budget).
+    # Which runs is a selection, not part of how a variant is made: kept out of the dump, so out of its hash.
+    opt_in: bool = Field(default=False, exclude=True)
 
     @property
     def library(self) -> str:
@@ -50,10 +53,32 @@ class AWQRecipe(_Recipe):
     dampening_frac: float = 0.01
 
 
+class AutoRoundRecipe(_Recipe):
+    """Intel's AutoRound (signed-gradient rounding and clipping, tuned block by block) through llm-compressor."""
+
+    method: Literal["autoround"]
+    group_size: int | Literal["auto"] = "auto"
+    symmetric: bool = False
+    iters: int = Field(default=200, ge=1)  # tuning steps per decoder layer
+    batch_size: int = Field(default=8, ge=1)
+    lr: float | None = None  # None: AutoRound's own default (1 / iters)
+
+
 class W8A8Recipe(_Recipe):
     method: Literal["w8a8"]
     smoothing_strength: float = 0.8
     weight_quantizer: Literal["rtn", "gptq"] = "rtn"
+    dampening_frac: float = 0.01
+    group_size: None = None
+
+
+class SparseW8A8Recipe(_Recipe):
+    """SparseGPT pruning to a structured N:M pattern, then SmoothQuant W8A8: the seed's "quantize, then prune"."""
+
+    method: Literal["sparsegpt-w8a8"]
+    sparsity: float = Field(default=0.5, gt=0, lt=1)
+    mask_structure: str = Field(default="2:4", pattern=r"^\d+:\d+$")
+    smoothing_strength: float = 0.8
     dampening_frac: float = 0.01
     group_size: None = None
 
@@ -80,7 +105,7 @@ class BnbRecipe(_Recipe):
         return False
 
 
-AnyRecipe = GPTQRecipe | AWQRecipe | W8A8Recipe | BnbRecipe
+AnyRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | W8A8Recipe | SparseW8A8Recipe | BnbRecipe
 Recipe = Annotated[AnyRecipe, Field(discriminator="method")]
 _RECIPE = TypeAdapter(Recipe)
 
@@ -102,13 +127,19 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
 
 
 def select_variants(spec: str, path: Path = VARIANTS_FILE, extra: Path | None = None) -> dict[str, AnyRecipe]:
-    """`spec` is a comma list of names from variants.yaml (plus a user's recipe file), or `all`."""
+    """`spec` is a comma list of names from variants.yaml (plus a user's recipe file), `default` (every recipe
+    not marked opt_in) or `all`."""
     known = load_variants(path)
     if extra is not None:
         if not extra.is_file():
             raise UserError(f"recipe file {extra} does not exist")
         known.update(load_variants(extra))
-    names = list(known) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    if spec.strip() == "all":
+        names = list(known)
+    elif spec.strip() == "default":
+        names = [name for name, recipe in known.items() if not recipe.opt_in]
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UserError("no variants given: pass --variants with names from " + ", ".join(known))
     unknown = [n for n in names if n not in known]
@@ -118,4 +149,6 @@ def select_variants(spec: str, path: Path = VARIANTS_FILE, extra: Path | None = 
 
 
 def to_yaml(recipes: dict[str, BaseModel]) -> str:
-    return yaml.safe_dump({n: r.model_dump(mode="json") for n, r in recipes.items()}, sort_keys=False)
+    return yaml.safe_dump({n: {**r.model_dump(mode="json"), **({"opt_in": True} if getattr(r, "opt_in", False)
+                                                                 else {})}
+                           for n, r in recipes.items()}, sort_keys=False)

@@ -32,7 +32,7 @@ from quantserve.stage_env import quant_python, serve_python
 @dataclass
 class QuantizeOptions:
     model: str = DEFAULT_MODEL
-    variants: str = "all"
+    variants: str = "default"  # every recipe not marked opt_in; "all" adds those
     out: Path = Path("variants")
     samples: int = 64
     seq_len: int = 256

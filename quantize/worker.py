@@ -129,6 +129,8 @@ def quiet_libraries() -> None:
         return
     os.environ["TQDM_DISABLE"] = "1"
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # auto-round logs its own defaults at INFO (a hub data set llm-compressor never uses, torch.compile hints)
+    logging.getLogger("autoround").setLevel(logging.ERROR)
     seen: set[str] = set()
 
     def first_time(message: str) -> bool:

@@ -25,7 +25,7 @@ from quantserve.progress import say
 @dataclass
 class RunOptions:
     model: str = DEFAULT_MODEL
-    variants: str = "all"
+    variants: str = "default"  # every recipe not marked opt_in; "all" adds those
     variants_dir: Path = Path("variants")
     runs_dir: Path = Path("runs")
     samples: int = 64

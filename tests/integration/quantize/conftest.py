@@ -14,8 +14,8 @@ def default_model():
 
 @pytest.fixture(scope="session")
 def variants_dir(tmp_path_factory, default_model, machine_probe):
-    """All five variants of the real default model, quick calibration (8 x 128 tokens), built once; after the
-    probe, whose verdict quantize records in each manifest."""
+    """Every variant of variants.yaml (opt-in ones too) of the real default model, quick calibration (8 x 128
+    tokens), built once; after the probe, whose verdict quantize records in each manifest."""
     out = tmp_path_factory.mktemp("variants")
     proc = run_cli("quantize", "--variants", "all", "--out", str(out), "--samples", "8", "--seq-len", "128")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,7 +14,8 @@ from tests.probe_fixtures import FORMAT_OF_VARIANT
 
 pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
 
-VARIANTS = ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+VARIANTS = ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8", "bnb-nf4", "bnb-int8"]
+PRUNED = {"sparse24-w8a8"}  # half its weights removed without retraining: far from the source on purpose
 
 
 def _manifests(out: Path) -> dict[str, Manifest]:
@@ -33,7 +34,7 @@ def test_model_fetch_is_cached_and_answers_paris(default_model, cli):
     assert "quantization_config" not in config and config["model_type"] == "llama"
 
 
-def test_all_five_variants_are_published_with_manifests(variants_dir):
+def test_every_variant_is_published_with_a_manifest(variants_dir):
     out, proc = variants_dir
     manifests = _manifests(out)
     assert sorted(manifests) == sorted(VARIANTS)
@@ -49,20 +50,22 @@ def test_all_five_variants_are_published_with_manifests(variants_dir):
 
 def test_calibrated_variants_record_their_calibration_and_group_size(variants_dir):
     manifests = _manifests(variants_dir[0])
-    for name in ("gptq-w4a16", "awq-w4a16", "w8a8-int8"):
+    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8"):
         cal = manifests[name].calibration
         assert cal is not None and cal.samples == 8 and cal.seq_len == 128 and len(cal.sha256) == 64
-    assert manifests["gptq-w4a16"].group_size == 64 and manifests["awq-w4a16"].group_size == 64
+    assert all(manifests[n].group_size == 64 for n in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16"))
     assert manifests["bnb-nf4"].calibration is None
 
 
 def test_sizes_and_quality_are_in_range(variants_dir):
     manifests = _manifests(variants_dir[0])
-    for name in ("gptq-w4a16", "awq-w4a16", "bnb-nf4"):
+    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "bnb-nf4"):
         assert manifests[name].size_ratio <= 0.45, name  # the 16-bit tied embedding is ~21% of the model
-    for name in ("w8a8-int8", "bnb-int8"):
+    for name in ("w8a8-int8", "sparse24-w8a8", "bnb-int8"):
         assert 0.5 < manifests[name].size_ratio < 0.7, name
     for m in manifests.values():
+        if m.variant in PRUNED:
+            continue
         q = m.quality
         assert q is not None and q.tokens > 2000
         assert 0.9 < q.ppl_ratio < 2.0, (m.name, q.ppl_ratio)
@@ -71,6 +74,23 @@ def test_sizes_and_quality_are_in_range(variants_dir):
     # 8-bit must be closer to the source than 4-bit
     assert manifests["w8a8-int8"].quality.kld_mean < manifests["gptq-w4a16"].quality.kld_mean
     assert manifests["bnb-int8"].quality.kld_mean < manifests["bnb-nf4"].quality.kld_mean
+    # AutoRound's tuned zero points reach the checkpoint (llm-compressor 0.14.0.1 drops them unpatched: KLD ~1.1)
+    assert manifests["autoround-w4a16"].quality.kld_mean < 2 * manifests["gptq-w4a16"].quality.kld_mean
+    # pruning costs quality on top of the same INT8 grid
+    assert manifests["sparse24-w8a8"].quality.kld_mean > manifests["w8a8-int8"].quality.kld_mean
+
+
+def test_sparse_variant_keeps_two_of_every_four_weights_zero(variants_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = variants_dir[0] / "smollm2-135m-instruct-sparse24-w8a8"
+    weights = {k: v for k, v in load_file(folder / "model.safetensors").items()
+               if k.endswith(".weight") and v.dtype == torch.int8}
+    assert len(weights) == 30 * 7  # every decoder Linear, stored as int8
+    for name, w in weights.items():
+        zeros_per_four = (w.reshape(-1, 4) == 0).sum(-1)
+        assert bool((zeros_per_four >= 2).all()), name
 
 
 def test_vllm_verdicts_follow_this_machines_probe(variants_dir, machine_probe):

@@ -4,9 +4,11 @@ import pytest
 
 from quantserve.errors import UserError
 from quantserve.quantize.recipes import (
+    AutoRoundRecipe,
     AWQRecipe,
     BnbRecipe,
     GPTQRecipe,
+    SparseW8A8Recipe,
     load_variants,
     parse_recipe,
     select_variants,
@@ -14,9 +16,16 @@ from quantserve.quantize.recipes import (
 )
 
 
-def test_variant_list_has_the_five_issue_variants_with_typed_recipes():
+def test_variant_list_has_typed_recipes_and_the_default_leaves_out_the_opt_in_ones():
     variants = load_variants()
-    assert list(variants) == ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+    assert list(variants) == ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8",
+                              "bnb-nf4", "bnb-int8"]
+    assert list(select_variants("default")) == ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+    assert list(select_variants("all")) == list(variants)
+    assert list(select_variants("sparse24-w8a8")) == ["sparse24-w8a8"]  # an opt-in one is built when named
+    assert isinstance(variants["autoround-w4a16"], AutoRoundRecipe) and variants["autoround-w4a16"].iters == 50
+    sparse = variants["sparse24-w8a8"]
+    assert isinstance(sparse, SparseW8A8Recipe) and sparse.mask_structure == "2:4" and sparse.sparsity == 0.5
     assert isinstance(variants["gptq-w4a16"], GPTQRecipe) and variants["gptq-w4a16"].bits == 4
     assert isinstance(variants["awq-w4a16"], AWQRecipe) and not variants["awq-w4a16"].symmetric
     assert isinstance(variants["bnb-nf4"], BnbRecipe) and not variants["bnb-nf4"].needs_calibration
@@ -39,3 +48,14 @@ def test_unknown_variant_names_the_known_ones():
 def test_unknown_recipe_field_is_rejected():
     with pytest.raises(ValueError):
         parse_recipe({"method": "gptq", "scheme": "W4A16", "bits": 4, "group_sise": 64})
+
+
+def test_opt_in_is_a_selection_not_part_of_the_recipe_hash():
+    recipe = load_variants()["autoround-w4a16"]
+    assert recipe.opt_in and "opt_in" not in recipe.model_dump()  # the manifest's recipe and hash leave it out
+    assert "opt_in: true" in to_yaml({"autoround-w4a16": recipe})  # the variants-file form keeps it
+
+
+def test_a_bad_mask_structure_is_rejected():
+    with pytest.raises(ValueError):
+        parse_recipe({"method": "sparsegpt-w8a8", "scheme": "W8A8", "bits": 8, "mask_structure": "half"})
