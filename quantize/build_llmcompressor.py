@@ -3,11 +3,20 @@ format."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from quantserve.quantize.recipes import AutoRoundRecipe, AWQRecipe, GPTQRecipe, SparseW8A8Recipe, W8A8Recipe
+from quantserve.quantize.recipes import (
+    AutoRoundRecipe,
+    AWQRecipe,
+    GPTQRecipe,
+    MixedRecipe,
+    SparseW8A8Recipe,
+    W8A8Recipe,
+)
 
-LlmCompressorRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | W8A8Recipe | SparseW8A8Recipe
+LlmCompressorRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | MixedRecipe | W8A8Recipe | SparseW8A8Recipe
+PROMOTED_TO = "W8A8 int8 (per-channel weights, dynamic per-token activations)"
 
 
 def _no_pinning_without_accelerator() -> None:
@@ -20,7 +29,8 @@ def _no_pinning_without_accelerator() -> None:
         IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
-def w4_scheme(recipe: GPTQRecipe | AWQRecipe | AutoRoundRecipe, group_size: int, actorder: str | None):
+def w4_scheme(recipe: GPTQRecipe | AWQRecipe | AutoRoundRecipe | MixedRecipe, group_size: int,
+              actorder: str | None):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     weights = QuantizationArgs(
@@ -83,7 +93,19 @@ def _announce_layers(model) -> None:
         layer.register_forward_pre_hook(hook(i))
 
 
-def modifiers(recipe: LlmCompressorRecipe, group_size: int | None) -> list:
+def promoted_scheme(layers: Sequence[str]):
+    """The 8-bit group of a mixed variant. Exact module names outrank the class target "Linear" in
+    compressed-tensors and in vLLM alike, so these take it and every other Linear stays INT4."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    return QuantizationScheme(
+        targets=list(layers),
+        weights=QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel"),
+        input_activations=QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True),
+    )
+
+
+def modifiers(recipe: LlmCompressorRecipe, group_size: int | None, promoted: Sequence[str] = ()) -> list:
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier
 
@@ -99,6 +121,14 @@ def modifiers(recipe: LlmCompressorRecipe, group_size: int | None) -> list:
             quantizer = QuantizationModifier(config_groups=w4_scheme(recipe, group_size, None),
                                              ignore=recipe.ignore)
         return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid), quantizer]
+    if isinstance(recipe, MixedRecipe):
+        groups = w4_scheme(recipe, group_size, "weight")
+        if promoted:
+            groups["group_1"] = promoted_scheme(promoted)
+        # AWQ reads each layer's own scheme, so the promoted layers are scaled for 8 bits, the rest for 4.
+        return [AWQModifier(duo_scaling=recipe.duo_scaling, n_grid=recipe.n_grid),
+                GPTQModifier(config_groups=groups, ignore=recipe.ignore, dampening_frac=recipe.dampening_frac,
+                             actorder="weight")]
     if isinstance(recipe, AutoRoundRecipe):
         from llmcompressor.modifiers.autoround import AutoRoundModifier
 
@@ -123,14 +153,39 @@ def modifiers(recipe: LlmCompressorRecipe, group_size: int | None) -> list:
     return [SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength), weights]
 
 
+def plan_promotions(recipe: MixedRecipe, source: Path, calib: list[list[int]], group_size: int):
+    """Which layers a mixed variant keeps at 8 bits: measured on the source in fp32 (faster than bf16 for these
+    many short passes on CPU), on the first calibration windows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantserve.quantize import sensitivity
+    from quantserve.quantize.files import weight_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    return sensitivity.plan(model, calib[: recipe.sensitivity_samples],
+                            sensitivity.Int4Probe(bits=recipe.bits, group_size=group_size,
+                                                  symmetric=recipe.symmetric),
+                            recipe.size_budget, weight_bytes(source))
+
+
 def build(recipe: LlmCompressorRecipe, source: Path, out: Path,
-          calib: list[list[int]], group_size: int | None) -> None:
+          calib: list[list[int]], group_size: int | None):
+    """Returns the manifest's MixedPrecision record for a mixed recipe, else None."""
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantserve.progress import say
+
     _no_pinning_without_accelerator()
+    record, promoted = None, []
+    if isinstance(recipe, MixedRecipe):
+        planned = plan_promotions(recipe, source, calib, group_size)
+        record, promoted = planned.record(PROMOTED_TO), planned.promotion.layers
+        say(f"  {len(promoted)} layers kept at 8 bits (predicted size ratio {record.predicted_ratio:.4f} of "
+            f"{recipe.size_budget:g})")
     tokenizer = AutoTokenizer.from_pretrained(source)
     # Calibrate in the source's bf16. Measured on the default (64x256 tokens, AVX512-BF16 CPU): fp32 gave the
     # same quality (AWQ+GPTQ mean KLD 0.101 vs 0.099 in bf16) at 2.8x the time (470 s vs 167 s).
@@ -138,9 +193,10 @@ def build(recipe: LlmCompressorRecipe, source: Path, out: Path,
     _announce_layers(model)
     data = Dataset.from_dict({"input_ids": calib, "attention_mask": [[1] * len(s) for s in calib]})
     oneshot(
-        model=model, tokenizer=tokenizer, dataset=data, recipe=modifiers(recipe, group_size),
+        model=model, tokenizer=tokenizer, dataset=data, recipe=modifiers(recipe, group_size, promoted),
         num_calibration_samples=len(calib), max_seq_length=max(len(s) for s in calib),
         shuffle_calibration_samples=False,
     )
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
+    return record

@@ -22,8 +22,9 @@ class QualityStats:
         return self.ppl / self.ppl_source
 
 
-def emulate_dynamic_int8_activations(model) -> int:
-    """Round every quantized Linear's input to INT8 per token, as vLLM's W8A8 kernels do at run time.
+def emulate_dynamic_int8_activations(model, only: set[str] | None = None) -> int:
+    """Round every quantized Linear's input (or only those of the named modules: a mixed variant's 8-bit layers)
+    to INT8 per token, as vLLM's W8A8 kernels do at run time.
 
     transformers runs a W8A8 checkpoint with full-precision activations, so without this the quality check
     would see only the weight error. Returns how many layers were wrapped."""
@@ -36,7 +37,7 @@ def emulate_dynamic_int8_activations(model) -> int:
 
     wrapped = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head") and (only is None or name in only):
             module.register_forward_pre_hook(quantize_input)
             wrapped += 1
     return wrapped

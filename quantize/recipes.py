@@ -64,6 +64,24 @@ class AutoRoundRecipe(_Recipe):
     lr: float | None = None  # None: AutoRound's own default (1 / iters)
 
 
+class MixedRecipe(_Recipe):
+    """INT4 as awq-w4a16 (AWQ scales, GPTQ rounding), with the layers that INT4 hurts most kept at 8 bits until
+    the checkpoint reaches `size_budget` of the source's bytes. The layers are measured on each build
+    (quantize/sensitivity.py: the KLD when only that layer is at INT4), and the manifest lists them and why."""
+
+    method: Literal["mixed"]
+    group_size: int | Literal["auto"] = "auto"
+    symmetric: bool = False
+    duo_scaling: bool = True
+    n_grid: int = 10
+    dampening_frac: float = 0.01
+    # W8A8 (int8 channel weights, dynamic per-token int8 activations) is the one 8-bit form vLLM CPU 0.32 runs
+    # beside W4A16: its WNA16 kernel takes uint4 only, so W8A16 layers fail at engine start.
+    promote_to: Literal["w8a8"] = "w8a8"
+    size_budget: float = Field(default=0.45, gt=0, le=1)
+    sensitivity_samples: int = Field(default=4, ge=1)  # calibration windows the sensitivity is measured on
+
+
 class W8A8Recipe(_Recipe):
     method: Literal["w8a8"]
     smoothing_strength: float = 0.8
@@ -105,7 +123,7 @@ class BnbRecipe(_Recipe):
         return False
 
 
-AnyRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | W8A8Recipe | SparseW8A8Recipe | BnbRecipe
+AnyRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | MixedRecipe | W8A8Recipe | SparseW8A8Recipe | BnbRecipe
 Recipe = Annotated[AnyRecipe, Field(discriminator="method")]
 _RECIPE = TypeAdapter(Recipe)
 

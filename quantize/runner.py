@@ -206,6 +206,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     versions=result.versions, wall_time_s=result.wall_time_s,
                     peak_rss_bytes=result.peak_rss_bytes, weight_bytes=w_bytes,
                     size_ratio=round(w_bytes / src_bytes, 4), quality=result.quality,
+                    mixed_precision=result.mixed_precision,
                     vllm_loadable=verdict.vllm_loadable, vllm_loadable_reason=verdict.vllm_loadable_reason,
                     servable_here=verdict.servable_here, servable_reason=verdict.servable_reason,
                     files=file_hashes(tmp), created_at=datetime.now(UTC).isoformat(timespec="seconds"),

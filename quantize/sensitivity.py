@@ -12,17 +12,15 @@ Cost: one forward pass from the probed layer's depth down per Linear (the layers
 cache), fp32. On the default, 210 Linears x 4x256 calibration tokens took 1113 s on 2 CPU cores shared with
 another job (about 8 s a probe at the top of the stack, 2 s at the bottom); 8x256 doubles that.
 
-Runs in the quantization environment (torch, transformers). `python -m quantserve.quantize.sensitivity --help`.
+Runs in the quantization environment (torch, transformers), inside the build of a `mixed` recipe.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -315,70 +313,49 @@ def measure_sensitivity(model, sequences: Sequence[Sequence[int]], probe: Int4Pr
     return results
 
 
-# ---- the command line: measure on the default and write a JSON report -----------------------------------
+# ---- the plan a build follows, and what the manifest keeps of it ------------------------------------------
 
-def _report(source: Path, layers: list[LayerSensitivity], promotion: Promotion, probe: Int4Probe,
-            sequences: int, seq_len: int, seconds: float) -> dict:
-    return {
-        "source": str(source),
-        "probe": probe.describe(),
-        "sequences": sequences, "seq_len": seq_len, "seconds": round(seconds, 1),
-        "budget_ratio": promotion.budget_ratio,
-        "int4_ratio": round(promotion.int4_bytes / promotion.source_bytes, 4),
-        "predicted_ratio": round(promotion.predicted_ratio, 4),
-        "picked": [asdict(u) | {"kld_per_mb": round(u.kld_per_mb, 5)} for u in promotion.picked],
-        "layers": [asdict(s) for s in sorted(layers, key=lambda s: s.kld, reverse=True)],
-    }
+@dataclass(frozen=True)
+class Plan:
+    promotion: Promotion
+    layers: list[LayerSensitivity]
+    probe: Int4Probe
+    tokens: int
+    seconds: float
+
+    def record(self, promoted_to: str):
+        """The manifest's account of it: which layers were kept at 8 bits, and why."""
+        from quantserve.manifest import MixedPrecision, PromotedLayers
+
+        p = self.promotion
+        top = sorted(self.layers, key=lambda s: s.kld, reverse=True)[:10]
+        return MixedPrecision(
+            promoted_to=promoted_to, probe=self.probe.describe(), sensitivity_tokens=self.tokens,
+            sensitivity_seconds=round(self.seconds, 1), budget_ratio=p.budget_ratio,
+            int4_ratio=round(p.int4_bytes / p.source_bytes, 4), predicted_ratio=round(p.predicted_ratio, 4),
+            promoted=[PromotedLayers(layers=list(u.names), kld=u.kld, extra_bytes=u.extra_bytes) for u in p.picked],
+            most_sensitive=[PromotedLayers(layers=[s.name], kld=s.kld,
+                                           extra_bytes=extra_bytes_for_8bit(s.out_features, s.in_features,
+                                                                            self.probe.group_size))
+                            for s in top],
+        )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def plan(model, sequences: Sequence[Sequence[int]], probe: Int4Probe, budget_ratio: float,
+         source_bytes: int) -> Plan:
+    """Measure every decoder Linear, then pick what to keep at 8 bits within the budget, with a line of
+    progress every 10 layers (the pass takes minutes on 2 cores)."""
     from quantserve.progress import say
-    from quantserve.quantize.calibration import CALIBRATION_FILE, calibration_ids
-    from quantserve.quantize.files import weight_bytes
 
-    prompts = Path(__file__).resolve().parents[1] / "prompts"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="JSON report")
-    parser.add_argument("--calibration-file", type=Path, default=prompts / CALIBRATION_FILE)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--budget", type=float, default=0.45, help="size ratio the promotions may fill")
-    parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reuse", type=Path, help="take the layers' KLDs from this earlier report (re-pick only)")
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.source)
-    seqs = calibration_ids(tokenizer, args.calibration_file, args.samples, args.seq_len)
-    model = AutoModelForCausalLM.from_pretrained(args.source, dtype=getattr(torch, args.dtype))
-    probe = Int4Probe(group_size=args.group_size)
     started = time.perf_counter()
 
     def progress(i: int, n: int, layer: LayerSensitivity) -> None:
         if i % 10 == 0 or i == n:
             say(f"  sensitivity {i}/{n} ({time.perf_counter() - started:.0f}s): {layer.name} KLD {layer.kld:.5f}")
 
-    if args.reuse:
-        earlier = json.loads(args.reuse.read_text())
-        layers, seconds = [LayerSensitivity(**layer) for layer in earlier["layers"]], earlier["seconds"]
-    else:
-        layers = measure_sensitivity(model, seqs, probe, progress)
-        seconds = time.perf_counter() - started
-    promotion = pick_promotions(promotion_units(layers, args.group_size), predicted_int4_bytes(model, args.group_size),
-                                weight_bytes(args.source), args.budget)
-    args.out.write_text(json.dumps(_report(args.source, layers, promotion, probe, len(seqs), args.seq_len, seconds),
-                                   indent=2))
-    say(f"{len(layers)} layers in {seconds:.0f}s; {len(promotion.picked)} units promoted, "
-        f"predicted size ratio {promotion.predicted_ratio:.4f}; report in {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    layers = measure_sensitivity(model, sequences, probe, progress)
+    seconds = time.perf_counter() - started
+    group = probe.group_size
+    promotion = pick_promotions(promotion_units(layers, group), predicted_int4_bytes(model, group), source_bytes,
+                                budget_ratio)
+    return Plan(promotion, layers, probe, sum(len(s) for s in sequences), seconds)

@@ -28,13 +28,25 @@ def _quantization_config(model_dir: Path) -> dict | None:
     return json.loads(config_file.read_text()).get("quantization_config") or {}
 
 
+def _groups(model_dir: Path) -> list[dict]:
+    return list(((_quantization_config(model_dir) or {}).get("config_groups") or {}).values())
+
+
 def weight_bits(model_dir: Path) -> tuple[int | None, bool]:
-    """(weight bits, activations quantized) of a compressed-tensors checkpoint; (None, False) otherwise."""
-    cfg = _quantization_config(model_dir) or {}
-    for group in (cfg.get("config_groups") or {}).values():
-        weights = group.get("weights") or {}
-        return weights.get("num_bits"), bool(group.get("input_activations"))
-    return None, False
+    """(weight bits, activations quantized) of a compressed-tensors checkpoint; (None, False) otherwise.
+
+    A mixed checkpoint is described by the group that targets every Linear (the named 8-bit layers are the
+    exception); compressed-tensors does not keep the groups in the order they were written."""
+    groups = _groups(model_dir)
+    group = next((g for g in groups if "Linear" in (g.get("targets") or [])), groups[0] if groups else None)
+    if group is None:
+        return None, False
+    return (group.get("weights") or {}).get("num_bits"), bool(group.get("input_activations"))
+
+
+def activation_quantized_targets(model_dir: Path) -> set[str]:
+    """The targets (the class "Linear", or module names) whose inputs run quantized; empty when none do."""
+    return {t for g in _groups(model_dir) if g.get("input_activations") for t in g.get("targets") or []}
 
 
 def checkpoint_format(model_dir: Path) -> Format | str:

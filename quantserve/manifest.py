@@ -50,6 +50,26 @@ class Quality(BaseModel):
     top1_agreement: float
 
 
+class PromotedLayers(BaseModel):
+    layers: list[str]  # one Linear, or every shard of a layer vLLM fuses (q/k/v, gate/up): they share a scheme
+    kld: float  # mean KLD vs the source with only these layers at INT4 (the sensitivity probe), summed over shards
+    extra_bytes: int  # what keeping them at 8 bits costs over INT4
+
+
+class MixedPrecision(BaseModel):
+    """Which layers a mixed-precision variant keeps at 8 bits, and why."""
+
+    promoted_to: str  # the 8-bit scheme
+    probe: str  # how sensitivity was measured
+    sensitivity_tokens: int
+    sensitivity_seconds: float
+    budget_ratio: float
+    int4_ratio: float  # predicted, every decoder Linear at INT4
+    predicted_ratio: float  # predicted, with the promoted layers at 8 bits
+    promoted: list[PromotedLayers]  # in pick order: most KLD per extra byte first
+    most_sensitive: list[PromotedLayers]  # the ten most sensitive single layers, picked or not
+
+
 class Manifest(BaseModel):
     name: str  # folder name and served model name, e.g. smollm2-135m-instruct-gptq-w4a16
     variant: str  # recipe name from variants.yaml, e.g. gptq-w4a16
@@ -68,6 +88,7 @@ class Manifest(BaseModel):
     weight_bytes: int
     size_ratio: float  # weight bytes on disk / source weight bytes in bf16
     quality: Quality | None = None
+    mixed_precision: MixedPrecision | None = None
     vllm_loadable: bool | None = None
     vllm_loadable_reason: str = ""
     # Verified where it was quantized (the probe of that machine); serving decides again where it runs.

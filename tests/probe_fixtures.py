@@ -84,5 +84,6 @@ def machine_probe() -> dict:
 
 # variants.yaml recipe -> the checkpoint format it produces
 FORMAT_OF_VARIANT = {"gptq-w4a16": "w4a16-int4", "awq-w4a16": "w4a16-int4", "autoround-w4a16": "w4a16-int4",
+                     "mixed-w4a16-w8a8": "w4a16-int4",
                      "w8a8-int8": "w8a8-int8", "sparse24-w8a8": "w8a8-int8", "bnb-nf4": "bnb-nf4",
                      "bnb-int8": "bnb-int8"}

@@ -14,7 +14,8 @@ from tests.probe_fixtures import FORMAT_OF_VARIANT
 
 pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
 
-VARIANTS = ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8", "bnb-nf4", "bnb-int8"]
+VARIANTS = ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8", "sparse24-w8a8",
+            "bnb-nf4", "bnb-int8"]
 PRUNED = {"sparse24-w8a8"}  # half its weights removed without retraining: far from the source on purpose
 
 
@@ -50,16 +51,17 @@ def test_every_variant_is_published_with_a_manifest(variants_dir):
 
 def test_calibrated_variants_record_their_calibration_and_group_size(variants_dir):
     manifests = _manifests(variants_dir[0])
-    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8"):
+    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8", "sparse24-w8a8"):
         cal = manifests[name].calibration
         assert cal is not None and cal.samples == 8 and cal.seq_len == 128 and len(cal.sha256) == 64
-    assert all(manifests[n].group_size == 64 for n in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16"))
+    assert all(manifests[n].group_size == 64
+               for n in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8"))
     assert manifests["bnb-nf4"].calibration is None
 
 
 def test_sizes_and_quality_are_in_range(variants_dir):
     manifests = _manifests(variants_dir[0])
-    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "bnb-nf4"):
+    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "bnb-nf4"):
         assert manifests[name].size_ratio <= 0.45, name  # the 16-bit tied embedding is ~21% of the model
     for name in ("w8a8-int8", "sparse24-w8a8", "bnb-int8"):
         assert 0.5 < manifests[name].size_ratio < 0.7, name
@@ -78,6 +80,32 @@ def test_sizes_and_quality_are_in_range(variants_dir):
     assert manifests["autoround-w4a16"].quality.kld_mean < 2 * manifests["gptq-w4a16"].quality.kld_mean
     # pruning costs quality on top of the same INT8 grid
     assert manifests["sparse24-w8a8"].quality.kld_mean > manifests["w8a8-int8"].quality.kld_mean
+
+
+def test_mixed_variant_keeps_the_layers_it_measured_most_sensitive_at_8_bits(variants_dir):
+    from safetensors import safe_open
+
+    m = _manifests(variants_dir[0])["mixed-w4a16-w8a8"]
+    mp = m.mixed_precision
+    assert mp is not None and mp.promoted and mp.budget_ratio == 0.45
+    assert mp.int4_ratio < mp.predicted_ratio <= 0.45 and m.size_ratio <= 0.45
+    assert abs(m.size_ratio - mp.predicted_ratio) < 0.002  # the byte model matches the file written
+    promoted = [name for unit in mp.promoted for name in unit.layers]
+    # fused layers (q/k/v, gate/up) move together: vLLM needs one scheme per fused layer
+    for unit in mp.promoted:
+        leaves = {name.rsplit(".", 1)[1] for name in unit.layers}
+        assert leaves in ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"}, {"o_proj"}, {"down_proj"})
+    ratios = [u.kld / u.extra_bytes for u in mp.promoted]
+    assert ratios == sorted(ratios, reverse=True)
+    folder = variants_dir[0] / m.name
+    groups = json.loads((folder / "config.json").read_text())["quantization_config"]["config_groups"]
+    eight = [g for g in groups.values() if g["weights"]["num_bits"] == 8]
+    assert len(eight) == 1 and sorted(eight[0]["targets"]) == sorted(promoted) and eight[0]["input_activations"]
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    for name in promoted:  # int8 weights where promoted, packed INT4 everywhere else
+        assert f"{name}.weight" in keys and f"{name}.weight_packed" not in keys
+    assert "model.layers.0.self_attn.o_proj.weight_packed" in keys or "model.layers.0.self_attn.o_proj" in promoted
 
 
 def test_sparse_variant_keeps_two_of_every_four_weights_zero(variants_dir):

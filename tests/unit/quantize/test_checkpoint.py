@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from quantserve.checkpoint import checkpoint_format, weight_bits
+from quantserve.checkpoint import activation_quantized_targets, checkpoint_format, weight_bits
 
 
 def _write(folder, quantization_config=None):
@@ -26,6 +26,22 @@ def test_compressed_tensors_formats_come_from_bits_and_activations(tmp_path):
     w8a16 = _write(tmp_path / "w8a16", {"quant_method": "compressed-tensors", "config_groups": {
         "group_0": {"weights": {"num_bits": 8}, "input_activations": None}}})
     assert checkpoint_format(w8a16) == "other:compressed-tensors-w8"
+
+
+def test_a_mixed_checkpoint_is_its_linear_group_whatever_order_the_groups_are_saved_in(tmp_path):
+    promoted = ["model.layers.11.mlp.down_proj"]
+    mixed = _write(tmp_path / "mixed", {"quant_method": "compressed-tensors", "config_groups": {
+        "group_0": {"targets": promoted, "weights": {"num_bits": 8},
+                    "input_activations": {"num_bits": 8, "dynamic": True}},
+        "group_1": {"targets": ["Linear"], "weights": {"num_bits": 4, "group_size": 64},
+                    "input_activations": None}}})
+    assert weight_bits(mixed) == (4, False) and checkpoint_format(mixed) == "w4a16-int4"
+    # only the promoted layers run with INT8 inputs: the quality check emulates those and no others
+    assert activation_quantized_targets(mixed) == set(promoted)
+    w8a8 = _write(tmp_path / "w8a8", {"quant_method": "compressed-tensors", "config_groups": {
+        "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8}, "input_activations": {"num_bits": 8}}}})
+    assert activation_quantized_targets(w8a8) == {"Linear"}
+    assert activation_quantized_targets(_write(tmp_path / "plain")) == set()
 
 
 def test_full_precision_bitsandbytes_and_unknown_methods(tmp_path):

@@ -8,6 +8,7 @@ from quantserve.quantize.recipes import (
     AWQRecipe,
     BnbRecipe,
     GPTQRecipe,
+    MixedRecipe,
     SparseW8A8Recipe,
     load_variants,
     parse_recipe,
@@ -18,12 +19,14 @@ from quantserve.quantize.recipes import (
 
 def test_variant_list_has_typed_recipes_and_the_default_leaves_out_the_opt_in_ones():
     variants = load_variants()
-    assert list(variants) == ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "w8a8-int8", "sparse24-w8a8",
-                              "bnb-nf4", "bnb-int8"]
+    assert list(variants) == ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8",
+                              "sparse24-w8a8", "bnb-nf4", "bnb-int8"]
     assert list(select_variants("default")) == ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
     assert list(select_variants("all")) == list(variants)
     assert list(select_variants("sparse24-w8a8")) == ["sparse24-w8a8"]  # an opt-in one is built when named
     assert isinstance(variants["autoround-w4a16"], AutoRoundRecipe) and variants["autoround-w4a16"].iters == 50
+    mixed = variants["mixed-w4a16-w8a8"]
+    assert isinstance(mixed, MixedRecipe) and mixed.size_budget == 0.45 and mixed.promote_to == "w8a8"
     sparse = variants["sparse24-w8a8"]
     assert isinstance(sparse, SparseW8A8Recipe) and sparse.mask_structure == "2:4" and sparse.sparsity == 0.5
     assert isinstance(variants["gptq-w4a16"], GPTQRecipe) and variants["gptq-w4a16"].bits == 4
