@@ -145,6 +145,36 @@ def frontier_plot(report: Report) -> str:
     return _png(fig)
 
 
+def size_frontier_plot(report: Report) -> str:
+    """Mean KLD against the source vs size, from the manifests: every built variant, served here or not, so
+    quantization methods compare at equal size (held-out text, transformers)."""
+    title = "Quality vs size (every built variant)"
+    rows = [v for v in report.variants if v.size_ratio is not None and v.quality.kld_mean is not None
+            and not v.is_source]
+    if not rows:
+        return _empty(title, "no manifests with a KLD: nothing to plot")
+    fig = _figure()
+    ax = fig.subplots()
+    for i, v in enumerate(rows):
+        ax.scatter([v.size_ratio], [v.quality.kld_mean], s=60, color=COLORS[i % len(COLORS)], zorder=3)
+        ax.annotate(_tick_label(v.name, rows), (v.size_ratio, v.quality.kld_mean), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    frontier, best = [], float("inf")
+    for v in sorted(rows, key=lambda v: (v.size_ratio, v.quality.kld_mean)):
+        if v.quality.kld_mean < best:
+            frontier.append((v.size_ratio, v.quality.kld_mean))
+            best = v.quality.kld_mean
+    ax.step([x for x, _ in frontier], [y for _, y in frontier], where="post", color="#999999", linestyle="--",
+            label="Pareto frontier (nothing smaller is closer)")
+    ax.set_yscale("log")
+    ax.set_xlabel("size on disk / source size")
+    ax.set_ylabel("mean KLD vs source (log)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def memory_plot(report: Report) -> str:
     title = "Weight size by variant"
     rows = [v for v in report.variants if v.size_bytes]
@@ -193,6 +223,7 @@ PLOTS = {
     "latency": ("Latency percentiles by variant", latency_plot),
     "throughput": ("Throughput vs load", throughput_plot),
     "frontier": ("Quality vs cost frontier", frontier_plot),
+    "size_frontier": ("Quality vs size frontier", size_frontier_plot),
     "memory": ("Weight size by variant", memory_plot),
     "vram": ("VRAM plan", vram_plot),
 }

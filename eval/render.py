@@ -68,7 +68,8 @@ def _sections(report: Report) -> list[tuple[str, str, list[Table | str]]]:
             "The customer-service chatbot this stack exists for wants latency under 100 ms: whether each "
             "model's TTFT p99 and TPOT p99 stay under it, and up to which load; the VRAM plan below says which "
             "cards hold a 7-8B model in each precision.", target_table(report)]),
-        ("quality", "Quality", [quality_table(report), *task_noise(report), "!note", "!plot:frontier"]),
+        ("quality", "Quality", [quality_table(report), *task_noise(report), "!note", "!plot:frontier",
+                                "!plot:size_frontier"]),
         ("memory", "Memory", ["!plot:memory"]),
         ("vram", f"VRAM plan for {plan['model']}",
          [f"At {plan['context_len']} tokens of context × {plan['concurrency']} concurrent sequences, "

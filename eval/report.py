@@ -76,6 +76,15 @@ def _notes(eval_doc: dict[str, Any], manifests: list[Manifest], variants_dir: Pa
         if q:
             notes.append(f"PPL, KLD and top-1 agreement come from the manifests: measured in transformers "
                          f"against the source on {q.tokens} held-out tokens ({q.heldout_file}).")
+    for m in manifests:
+        if m.mixed_precision:
+            mp = m.mixed_precision
+            layers = sum(len(u.layers) for u in mp.promoted)
+            top = ", ".join(f"{u.layers[0].removeprefix('model.')} ({u.kld:.3f})" for u in mp.most_sensitive[:3])
+            notes.append(f"{m.name} keeps {layers} Linear layers at {mp.promoted_to} and the rest at INT4, up to "
+                         f"{mp.budget_ratio:g} of the source's size (INT4 alone: {mp.int4_ratio:.3f}). The layers "
+                         f"were picked by the KLD each causes alone at INT4 ({mp.probe}, {mp.sensitivity_tokens} "
+                         f"tokens) per extra byte; the most sensitive: {top}. Its manifest lists them all.")
     dtypes = {name: info for name, info in (eval_doc.get("serving") or {}).items() if info.get("dtype")}
     if dtypes:
         chosen = ", ".join(f"{name} {info['dtype']}" + (" (set in the serve config)" if info.get("dtype_from") ==

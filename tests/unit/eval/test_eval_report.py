@@ -32,7 +32,7 @@ VARIANT_KEYS = {"name", "method", "bits", "size_bytes", "size_ratio", "servable_
 QUALITY_KEYS = {"ppl", "ppl_ratio", "kld_mean", "top1_agreement", "task_accuracy", "task_accuracy_ci", "task_items",
                 "paired_p_value", "only_source_right", "only_variant_right", "recovery", "recovery_ci"}
 DIST_KEYS = {"mean", "p50", "p90", "p95", "p99", "n", "p50_ci", "p99_ci"}
-PLOT_COUNT = 5  # latency, throughput, frontier, memory, vram
+PLOT_COUNT = 6  # latency, throughput, frontier, size frontier, memory, vram
 
 
 @pytest.fixture
@@ -266,3 +266,27 @@ def test_report_says_where_the_time_goes_and_whether_the_100ms_target_holds(tmp_
     md = build_report(run).with_name("report.md").read_text()
     assert "## Where the time goes" in md and "Each model was measured alone" in md and "13.0 GB/s" in md
     assert "## The 100 ms target" in md
+
+
+def test_a_mixed_variant_is_in_the_frontier_and_the_notes_say_which_layers_stay_at_8_bits(run: Path):
+    from eval_fixtures import manifest
+
+    from quantserve.manifest import MixedPrecision, PromotedLayers
+
+    mixed = manifest("smol-mixed-w4a16-w8a8", "mixed-w4a16-w8a8", "mixed", "W4A16_ASYM+W8A8", 4, 121_000_000,
+                     12.45, 0.03, 0.92, servable=False, reason="built elsewhere")
+    down = PromotedLayers(layers=["model.layers.11.mlp.down_proj"], kld=0.049, extra_bytes=408_944)
+    qkv = PromotedLayers(layers=[f"model.layers.12.self_attn.{p}_proj" for p in "qkv"], kld=0.012,
+                         extra_bytes=500_000)
+    mixed.mixed_precision = MixedPrecision(
+        promoted_to="W8A8", probe="RTN int4 asym group 64, one Linear at a time", sensitivity_tokens=1024,
+        sensitivity_seconds=100.0, budget_ratio=0.45, int4_ratio=0.4238, predicted_ratio=0.4495,
+        promoted=[down, qkv], most_sensitive=[down])
+    variants = run.parents[1] / "variants"
+    (variants / mixed.name).mkdir()
+    mixed.write(variants / mixed.name)
+    report = make_report(run)
+    row = report.variant(mixed.name)
+    assert row.quality.kld_mean == 0.03 and row.size_ratio == pytest.approx(121 / 270)
+    note = next(n for n in report.notes if n.startswith(mixed.name))
+    assert "keeps 4 Linear layers at W8A8" in note and "layers.11.mlp.down_proj (0.049)" in note
