@@ -132,7 +132,9 @@ def quiet_libraries() -> None:
         return
     os.environ["TQDM_DISABLE"] = "1"
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    # auto-round logs its own defaults at INFO (a hub data set llm-compressor never uses, torch.compile hints)
+    # auto-round logs its own defaults at INFO, per layer (a hub data set llm-compressor never uses, torch.compile
+    # hints); it sets its logger's level from AR_LOG_LEVEL when imported.
+    os.environ.setdefault("AR_LOG_LEVEL", "ERROR")
     logging.getLogger("autoround").setLevel(logging.ERROR)
     # A mixed variant names its 8-bit layers; each Linear stops at the first target it matches ("Linear"), so
     # compressed-tensors reports every named one as unmatched, once per pass, although exact names win when the
