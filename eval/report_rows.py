@@ -77,6 +77,15 @@ def target_sentence(points: list[PointRow]) -> str | None:
         ttft = lat.ttft_ms.p99 if lat and lat.ttft_ms else None
         tpot = lat.tpot_ms.p99 if lat and lat.tpot_ms else None
         if ttft is None or tpot is None:
+            # p99 >= p50: a median already over the target misses it without a sample that backs p99
+            over = [f"{name} p50 {dist.p50:.0f} ms" for name, dist in
+                    (("TTFT", lat.ttft_ms if lat else None), ("TPOT", lat.tpot_ms if lat else None))
+                    if dist and dist.p50 is not None and dist.p50 >= TARGET_MS]
+            if over:
+                where = f"up to {met[-1].point}; missed at" if met else "missed at the lightest load measured,"
+                return (f"{'under ' + format(TARGET_MS, '.0f') + ' ms ' if met else ''}{where} {p.point}: "
+                        f"{' and '.join(over)}, so p99 is over {TARGET_MS:.0f} ms too (n = {p.completed} "
+                        "cannot back p99 itself)")
             return (f"p99 not backed at {p.point} (n = {p.completed}; p99 needs 100 requests), so the "
                     f"{TARGET_MS:.0f} ms target cannot be judged")
         if ttft < TARGET_MS and tpot < TARGET_MS:

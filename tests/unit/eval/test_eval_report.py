@@ -290,3 +290,30 @@ def test_a_mixed_variant_is_in_the_frontier_and_the_notes_say_which_layers_stay_
     assert row.quality.kld_mean == 0.03 and row.size_ratio == pytest.approx(121 / 270)
     note = next(n for n in report.notes if n.startswith(mixed.name))
     assert "keeps 4 Linear layers at W8A8" in note and "layers.11.mlp.down_proj (0.049)" in note
+
+
+def _point(value: int, n: int, ttft: tuple[float, float | None], tpot: tuple[float, float | None]):
+    from quantserve.eval.report_schema import Dist, Latency, PointRow
+
+    def dist(p50: float, p99: float | None) -> Dist:
+        return Dist(mean=p50, p50=p50, p90=None, p95=None, p99=p99, n=n)
+
+    return PointRow(point=f"concurrency={value}", mode="concurrency", value=value, requests=n, completed=n,
+                    failed=0, error_rate=0.0, latency=Latency(ttft_ms=dist(*ttft), tpot_ms=dist(*tpot), itl_ms=None,
+                                                              e2e_ms=None), throughput=None, goodput_rps=None,
+                    cost=None, slo_violations=[], errors={})
+
+
+def test_the_100ms_target_is_judged_from_the_median_when_a_small_sample_cannot_back_p99():
+    from quantserve.eval.report_rows import target_sentence
+
+    # n = 10: no p99; a TTFT median of 226 ms is over 100 ms, so p99 (>= p50) is too
+    assert target_sentence([_point(1, 10, (226, None), (31, None))]) == (
+        "missed at the lightest load measured, concurrency=1: TTFT p50 226 ms, so p99 is over 100 ms too "
+        "(n = 10 cannot back p99 itself)")
+    # medians under 100 ms say nothing about p99
+    assert "cannot be judged" in target_sentence([_point(1, 10, (60, None), (31, None))])
+    # backed and met at c=1, then the median misses at c=4
+    assert target_sentence([_point(1, 150, (60, 90), (31, 40)), _point(4, 10, (80, None), (120, None))]) == (
+        "under 100 ms up to concurrency=1; missed at concurrency=4: TPOT p50 120 ms, so p99 is over 100 ms too "
+        "(n = 10 cannot back p99 itself)")
