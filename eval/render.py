@@ -87,8 +87,11 @@ def task_noise_sentence(tasks: dict[str, Any] | None) -> str | None:
     interval = f", 95% CI {ci[0]:.3f}–{ci[1]:.3f}" if ci else ""
     return (f"Task noise: the source's task set was run again at the end; its answers differed on "
             f"{tasks['disagreed']} of {tasks['items']} items (accuracy {tasks['accuracy_first']:.3f} then "
-            f"{tasks['accuracy_repeat']:.3f}; recovery against itself {tasks['recovery']:.3f}{interval}). A "
-            "variant's recovery interval is at least about this wide.")
+            f"{tasks['accuracy_repeat']:.3f}; recovery against itself {tasks['recovery']:.3f}{interval}). "
+            + ("Greedy answers repeat exactly on this machine, so every answer a variant changes is the "
+               "variant's doing." if tasks["disagreed"] == 0 else
+               "Answers that move between two runs of the same model are noise, not a variant's doing: a "
+               "variant's paired differences with the source include about as many."))
 
 
 def task_noise(report: Report) -> list[str]:

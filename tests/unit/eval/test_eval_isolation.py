@@ -66,6 +66,9 @@ def test_the_sources_task_answers_against_its_repeat_are_the_task_noise(tmp_path
     assert low < 59 / 60 < high and high - low < 0.2
     sentence = task_noise_sentence(tasks)
     assert "differed on 3 of 100 items (accuracy 0.600 then 0.590; recovery against itself 0.983" in sentence
+    assert "are noise" in sentence
+    same = {**tasks, "disagreed": 0, "accuracy_repeat": 0.6, "recovery": 1.0, "recovery_ci": [1.0, 1.0]}
+    assert "Greedy answers repeat exactly on this machine" in task_noise_sentence(same)
 
 
 def test_no_task_noise_without_tasks_in_both_runs(tmp_path):
