@@ -56,6 +56,13 @@ def test_report_serves_what_the_probe_runs_in_its_dtype(small_run, machine_probe
             assert row["latency"] is None and row["throughput"] is None and row["cost"] is None
     assert 0 <= rows["smollm2-135m-instruct-w8a8-int8"]["quality"]["kld_mean"] < 1
     assert rows["smollm2-135m-instruct-bnb-nf4"]["quality"]["ppl_ratio"] is not None
+    # the source measured twice: its speed drift and its task answers against its own repeat
+    from quantserve.eval.tasks import default_tasks_path, load_tasks
+
+    noise = report["noise"]
+    assert noise["model"] == "smollm2-135m-instruct" and noise["rows"]
+    assert noise["tasks"]["items"] == len(load_tasks(default_tasks_path())) >= 480
+    assert 0 <= noise["tasks"]["disagreed"] <= noise["tasks"]["items"]
 
 
 def test_report_html_and_md_are_readable(small_run):
