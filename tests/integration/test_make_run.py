@@ -62,7 +62,6 @@ def test_report_serves_what_the_probe_runs_in_its_dtype(small_run, machine_probe
     noise = report["noise"]
     assert noise["model"] == "smollm2-135m-instruct" and noise["rows"]
     assert noise["tasks"]["items"] == len(load_tasks(default_tasks_path())) >= 480
-    assert 0 <= noise["tasks"]["disagreed"] <= noise["tasks"]["items"]
 
 
 def test_report_html_and_md_are_readable(small_run):
