@@ -49,11 +49,12 @@ def task_drift(first: dict[str, Any], repeat: dict[str, Any]) -> dict[str, Any] 
     through. Greedy answers still move between runs (batch composition changes the numerics)."""
     if not first.get("tasks") or not repeat.get("tasks"):
         return None
-    tq = task_quality(TaskScores.from_dict(repeat["tasks"]), TaskScores.from_dict(first["tasks"]))
+    source = TaskScores.from_dict(first["tasks"])
+    tq = task_quality(TaskScores.from_dict(repeat["tasks"]), source)
     if tq is None or not tq.paired:
         return None
     return {"items": tq.paired, "disagreed": tq.only_source_right + tq.only_model_right,
-            "accuracy_first": TaskScores.from_dict(first["tasks"]).accuracy, "accuracy_repeat": tq.accuracy.value,
+            "accuracy_first": source.accuracy, "accuracy_repeat": tq.accuracy.value,
             "recovery": tq.recovery,
             "recovery_ci": [tq.recovery_ci.low, tq.recovery_ci.high] if tq.recovery_ci else None}
 

@@ -42,12 +42,14 @@ class RunOptions:
     max_engines: int = 6
 
 
-def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult) -> tuple[list[str], dict[str, str]]:
-    """Variants to host beside the source: those whose format the probe runs here, 8-bit first (closest to the
-    source), up to the engine budget; the rest with the reason."""
+def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult,
+                 selected: set[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Variants to host beside the source: those this run selected (`--variants`; None: any in the folder) whose
+    format the probe runs here, 8-bit first (closest to the source), up to the engine budget; the rest with the
+    reason. The folder may hold more than the selection (`make bench` builds the opt-in recipes there too)."""
     from quantserve.manifest import list_manifests
 
-    found = list_manifests(variants_dir)
+    found = [(folder, m) for folder, m in list_manifests(variants_dir) if selected is None or m.name in selected]
     verdicts = {m.name: probe.verdict_for(folder) for folder, m in found}
     runnable = sorted((m for _, m in found if verdicts[m.name].runs is not False), key=lambda m: (-m.bits, m.name))
     chosen = [m.name for m in runnable[: max(0, max_engines - 1)]]
@@ -61,6 +63,7 @@ def run(opts: RunOptions) -> Path:
     from quantserve.eval.report import ReportConstraints, build_report
     from quantserve.eval.runner import default_run_dir, update_latest
     from quantserve.model_fetch import resolve_model
+    from quantserve.quantize.recipes import select_variants
     from quantserve.quantize.runner import QuantizeOptions, quantize
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,7 +84,7 @@ def run(opts: RunOptions) -> Path:
     stage(3, "quantize")
     quantize(QuantizeOptions(model=opts.model, variants=opts.variants, out=opts.variants_dir,
                              samples=opts.samples, seq_len=opts.seq_len))
-    served, skipped = _pick_served(opts.variants_dir, opts.max_engines, probe)
+    served, skipped = _pick_served(opts.variants_dir, opts.max_engines, probe, set(select_variants(opts.variants)))
     for name, why in skipped.items():
         say(f"not served in this run: {name}: {why}")
     run_dir = default_run_dir(opts.runs_dir)
@@ -126,7 +129,7 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
                 base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
                 num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
                 slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
-                tasks=True, engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
+                engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
             ))
     except UserError as err:  # its engine failed to start: the others go on
         skipped[Path(ref).name] = str(err)

@@ -5,6 +5,10 @@ emulates bf16; AMX sends W8A8 to a kernel that takes no fp32) or the GPU. So it 
 for each format (a small checkpoint of the embedded default model) and each candidate dtype a real vLLM
 engine starts, answers a one-token smoke test, then times a greedy decode at batch 1 and batch 16.
 
+On a CPU, vLLM keeps one core for its frontend by default and computes on the rest; on a machine with few cores
+that core may be worth more computing. So one more trial runs the full model, in its fastest dtype, with no core
+kept back; engines then run that way where it measured clearly faster (`ProbeResult.engine_env`).
+
 The result is cached under the state dir by machine fingerprint (CPU/GPU, vLLM and torch builds) and probe
 version; serving picks each engine's dtype from it, and decides there whether a variant runs here.
 """
@@ -35,11 +39,13 @@ from quantserve.machine import Machine, this_machine
 from quantserve.paths import state_dir
 from quantserve.progress import say
 
-PROBE_VERSION = 2  # bump when what a trial measures changes: older caches are then re-probed
+PROBE_VERSION = 3  # bump when what a trial measures changes: older caches are then re-probed
 CANDIDATE_DTYPES: dict[Device, tuple[str, ...]] = {"cpu": ("bfloat16", "float32"), "cuda": ("bfloat16", "float16")}
 BATCHES = (1, 16)
 DECODE_TOKENS = 24
 TRIAL_TIMEOUT_S = 300.0
+ALL_CORES_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # vLLM's frontend shares the cores its engine computes on
+ALL_CORES_MIN_GAIN = 1.05  # under this the two placements are within a trial's noise: vLLM's default stays
 
 
 class Trial(BaseModel):
@@ -50,6 +56,7 @@ class Trial(BaseModel):
     reason: str = ""  # why not, when it does not run
     start_s: float | None = None
     tok_s: dict[str, float] = Field(default_factory=dict)  # batch size -> output tokens/s
+    env: dict[str, str] = Field(default_factory=dict)  # the engine's environment beyond vLLM's defaults
 
     @property
     def score(self) -> float:
@@ -78,11 +85,35 @@ class ProbeResult(BaseModel):
     trials: list[Trial]
 
     def best(self, fmt: str) -> Trial | None:
-        running = [t for t in self.trials if t.format == fmt and t.runs]
+        """The fastest dtype of a format, among the trials in vLLM's default core placement."""
+        running = [t for t in self.trials if t.format == fmt and t.runs and not t.env]
         return max(running, key=lambda t: t.score) if running else None
 
+    def _all_cores(self) -> tuple[Trial, Trial] | None:
+        """The all-cores trial and the default-placement trial it is compared with, where both ran."""
+        base = self.best("full")
+        trial = next((t for t in self.trials if t.env == ALL_CORES_ENV and t.runs), None)
+        return (trial, base) if trial is not None and base is not None and trial.dtype == base.dtype else None
+
+    @property
+    def engine_env(self) -> dict[str, str]:
+        """Environment for every local engine: all cores where that measured clearly faster, else nothing."""
+        pair = self._all_cores()
+        return dict(pair[0].env) if pair and pair[0].score >= ALL_CORES_MIN_GAIN * pair[1].score else {}
+
+    def placement_reason(self) -> str | None:
+        """One line on where engines compute and why, or None where it was not measured (GPU, one core)."""
+        pair = self._all_cores()
+        if pair is None:
+            return None
+        trial, base = pair
+        speeds = f"all cores {_speeds(trial)}; one core kept for vLLM's frontend {_speeds(base)}"
+        if self.engine_env:
+            return f"engines compute on all cores, the frontend sharing them: measured faster ({speeds})"
+        return f"engines keep vLLM's default, one core for the frontend: all cores were not clearly faster ({speeds})"
+
     def verdict(self, fmt: str) -> Verdict:
-        tried = [t for t in self.trials if t.format == fmt and t.probed]
+        tried = [t for t in self.trials if t.format == fmt and t.probed and not t.env]
         if not tried:
             unprobed = next((t.reason for t in self.trials if t.format == fmt), "")
             return Verdict(format=fmt, runs=None, dtype=None,
@@ -153,9 +184,17 @@ def _probe(machine: Machine, force: bool) -> ProbeResult:
     say(f"probing this machine: {machine.summary()}")
     started = time.perf_counter()
     model, checkpoints, trials = _prepare(machine, force)
-    trials += run_trials(checkpoints, CANDIDATE_DTYPES[machine.device], machine.device)
+    plan = [{"format": f, "dtype": d, "path": str(p)} for f, p in checkpoints.items()
+            for d in CANDIDATE_DTYPES[machine.device]]
+    placement = machine.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
+    total = len(plan) + placement
+    trials += run_trials(plan, machine.device, total=total)
+    full = max((t for t in trials if t.format == "full" and t.runs), key=lambda t: t.score, default=None)
+    if placement and full is not None:
+        trials += run_trials([{"format": "full", "dtype": full.dtype, "path": str(checkpoints["full"]),
+                               "env": ALL_CORES_ENV}], machine.device, total=total, numbered_from=len(plan))
     order = {fmt: i for i, fmt in enumerate(FORMATS)}
-    trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype))
+    trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype, bool(t.env)))
     result = ProbeResult(machine=machine, model=model, probed_at=datetime.now(UTC).isoformat(timespec="seconds"),
                          wall_time_s=round(time.perf_counter() - started, 1), trials=trials)
     path = write_text(cache_path(machine), result.model_dump_json(indent=2) + "\n")
@@ -194,25 +233,26 @@ def _prepare(machine: Machine, force: bool) -> tuple[str, dict[str, Path], list[
     return DEFAULT_MODEL, checkpoints, failed
 
 
-def run_trials(checkpoints: dict[str, Path], dtypes: tuple[str, ...], device: Device) -> list[Trial]:
-    """Every (format, dtype) pair in trial processes of the serving environment. A trial that takes its process
-    down is recorded as failed and the rest go on in a fresh process."""
+def run_trials(plan: list[dict], device: Device, total: int | None = None, numbered_from: int = 0) -> list[Trial]:
+    """The planned trials ({format, dtype, path[, env]}) in trial processes of the serving environment. A trial
+    that takes its process down is recorded as failed and the rest go on in a fresh process. The progress lines
+    number them after `numbered_from`, out of `total`."""
     from quantserve.stage_env import serve_python
 
     python = serve_python()
     if python is None:
         raise UserError("vLLM is not installed in any environment found (run `make install`)")
-    plan = [{"format": f, "dtype": d, "path": str(p)} for f, p in checkpoints.items() for d in dtypes]
     root = state_dir() / "probe"
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("trials-*"):  # the engines' logs of the last probe are kept, older ones not
+    for old in [] if numbered_from else root.glob("trials-*"):  # the last probe's engine logs are kept, older not
         shutil.rmtree(old, ignore_errors=True)
     logs = Path(tempfile.mkdtemp(prefix="trials-", dir=root))
     done: list[Trial] = []
     while len(done) < len(plan):
         pending = plan[len(done):]
         spec = logs / "spec.json"
-        spec.write_text(json.dumps({"trials": pending, "first": len(done) + 1, "total": len(plan),
+        spec.write_text(json.dumps({"trials": pending, "first": numbered_from + len(done) + 1,
+                                    "total": total or len(plan),
                                     "device": device, "batches": list(BATCHES), "decode_tokens": DECODE_TOKENS,
                                     "logs": str(logs)}))
         results = logs / "results.jsonl"
@@ -234,7 +274,7 @@ def run_trials(checkpoints: dict[str, Path], dtypes: tuple[str, ...], device: De
             t = pending[len(got)]
             how = "timed out" if code is None else f"died (exit {code})"
             say(f"  probe process {how} during {t['format']} in {t['dtype']}; going on with the rest")
-            done.append(Trial(format=t["format"], dtype=t["dtype"], runs=False,
+            done.append(Trial(format=t["format"], dtype=t["dtype"], runs=False, env=t.get("env", {}),
                               reason=f"the trial process {how}; see {logs}"))
     return done
 
@@ -252,7 +292,7 @@ def table_rows(result: ProbeResult) -> list[dict[str, str]]:
         best = result.best(t.format)
         rows.append({
             "format": FORMATS.get(t.format, t.format),  # type: ignore[call-overload]
-            "dtype": t.dtype + (" *" if best is t else ""),
+            "dtype": t.dtype + (" *" if best is t else "") + (", all cores" if t.env == ALL_CORES_ENV else ""),
             "runs": "yes" if t.runs else t.reason if not t.probed else f"no: {t.reason}",
             **{f"tok/s @{b}": f"{t.tok_s[str(b)]:.1f}" if str(b) in t.tok_s else "–" for b in BATCHES},
             "start s": f"{t.start_s:.0f}" if t.start_s is not None else "–",

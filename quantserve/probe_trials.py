@@ -55,9 +55,11 @@ def _reason(log: Path, err: BaseException) -> str:
 def _trial(spec: dict, item: dict, log: Path) -> Trial:
     from vllm import LLM, SamplingParams
 
-    trial = Trial(format=item["format"], dtype=item["dtype"], runs=False)
+    trial = Trial(format=item["format"], dtype=item["dtype"], runs=False, env=item.get("env", {}))
     llm = None
     stage = "start"
+    saved = {k: os.environ.get(k) for k in trial.env}
+    os.environ.update(trial.env)  # the engine core is spawned from here and reads it
     try:
         started = time.perf_counter()
         llm = LLM(model=item["path"], dtype=item["dtype"], max_model_len=512, max_num_seqs=max(spec["batches"]),
@@ -85,6 +87,11 @@ def _trial(spec: dict, item: dict, log: Path) -> Trial:
                 llm.llm_engine.engine_core.shutdown()
             del llm
             gc.collect()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return trial
 
 
@@ -103,8 +110,9 @@ def main(spec_file: str, results_file: str) -> None:
 
     logs = Path(spec["logs"])
     for n, item in enumerate(spec["trials"], spec["first"]):
-        log = logs / f"{item['format']}-{item['dtype']}.log"
-        say(f"probe {n}/{spec['total']}: {item['format']} in {item['dtype']} ...")
+        what = f"{item['format']} in {item['dtype']}" + (" on all cores" if item.get("env") else "")
+        log = logs / f"{item['format']}-{item['dtype']}{'-all-cores' if item.get('env') else ''}.log"
+        say(f"probe {n}/{spec['total']}: {what} ...")
         sys.stdout.flush()
         sys.stderr.flush()
         with open(log, "ab") as out:
@@ -113,10 +121,10 @@ def main(spec_file: str, results_file: str) -> None:
         trial = _trial(spec, item, log)
         if trial.runs:
             speeds = ", ".join(f"{v:.1f} tok/s at batch {b}" for b, v in trial.tok_s.items())
-            say(f"probe {n}/{spec['total']}: {item['format']} in {item['dtype']}: runs, {speeds} "
+            say(f"probe {n}/{spec['total']}: {what}: runs, {speeds} "
                 f"(engine up in {trial.start_s:.0f}s)")
         else:
-            say(f"probe {n}/{spec['total']}: {item['format']} in {item['dtype']}: does not run: {trial.reason}")
+            say(f"probe {n}/{spec['total']}: {what}: does not run: {trial.reason}")
         with open(results_file, "a") as out:
             out.write(trial.model_dump_json() + "\n")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from quantserve import probe as probe_mod
 from quantserve.checkpoint import FORMATS
 from quantserve.machine import ISA_FLAGS
-from quantserve.probe import ProbeResult, Trial, cache_path, cached, table_rows
+from quantserve.probe import ALL_CORES_ENV, ProbeResult, Trial, cache_path, cached, table_rows
 from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
 
 
@@ -116,7 +116,8 @@ def test_a_trial_that_kills_its_process_is_recorded_and_the_rest_go_on(tmp_path,
     fake.chmod(0o755)
     monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("QUANTSERVE_SERVE_PYTHON", str(fake))
-    trials = probe_mod.run_trials({"full": tmp_path, "w8a8-int8": tmp_path}, ("bfloat16", "dies"), "cpu")
+    plan = [{"format": f, "dtype": d, "path": str(tmp_path)} for f in ("full", "w8a8-int8") for d in ("bfloat16", "dies")]
+    trials = probe_mod.run_trials(plan, "cpu")
     assert [(t.format, t.dtype, t.runs) for t in trials] == [
         ("full", "bfloat16", True), ("full", "dies", False), ("w8a8-int8", "bfloat16", True),
         ("w8a8-int8", "dies", False)]
@@ -131,3 +132,23 @@ def test_a_format_whose_checkpoint_could_not_be_built_is_unknown_not_refused(tmp
     verdict = result.verdict_for(checkpoint_folder(tmp_path / "nf4", "bnb-nf4"))
     assert verdict.runs is None and verdict.dtype == "float32" and why in verdict.reason
     assert [r["runs"] for r in table_rows(result) if r["format"] == "bitsandbytes NF4"] == [why, why]
+
+
+def _with_all_cores(result: ProbeResult, speeds: tuple[float, float], dtype: str = "bfloat16") -> ProbeResult:
+    trial = Trial(format="full", dtype=dtype, runs=True, env=ALL_CORES_ENV, tok_s={"1": speeds[0], "16": speeds[1]})
+    return result.model_copy(update={"trials": [*result.trials, trial]})
+
+
+def test_engines_compute_on_all_cores_only_where_that_measured_clearly_faster():
+    faster = _with_all_cores(AMX_LIKE, (17.8, 225.0))  # base: bf16 14.8 / 132.9
+    assert faster.engine_env == ALL_CORES_ENV
+    assert faster.placement_reason().startswith("engines compute on all cores")
+    assert faster.verdict("full").dtype == "bfloat16" and "all cores" not in faster.verdict("full").reason
+    within_noise = _with_all_cores(AMX_LIKE, (15.0, 135.0))  # +1.5%: vLLM's default stays
+    assert within_noise.engine_env == {}
+    assert "keep vLLM's default" in within_noise.placement_reason()
+    assert AMX_LIKE.engine_env == {} and AMX_LIKE.placement_reason() is None  # not measured: nothing changes
+    # measured in another dtype than the one the full model runs in: not a comparison
+    assert _with_all_cores(AMX_LIKE, (99.0, 999.0), dtype="float32").engine_env == {}
+    rows = [r for r in table_rows(faster) if r["format"] == "full precision"]
+    assert [r["dtype"] for r in rows] == ["bfloat16 *", "float32", "bfloat16, all cores"]
