@@ -88,7 +88,8 @@ def probe_cmd(
     result = ensure_probe(force=force)
     if as_json:
         typer.echo(json.dumps({**result.model_dump(mode="json"), "cache": str(cache_path(result.machine)),
-                               "verdicts": {f: result.verdict(f).model_dump() for f in FORMATS}}, indent=2))
+                               "verdicts": {f: result.verdict(f).model_dump() for f in FORMATS},
+                               "engine_env": result.engine_env, "placement": result.placement_reason()}, indent=2))
         return
     rows = table_rows(result)
     table = Table(title=f"{result.machine.summary()} — probed {result.probed_at} on {result.model} "
@@ -98,6 +99,8 @@ def probe_cmd(
     for row in rows:
         table.add_row(*row.values())
     Console(width=max(120, Console().width)).print(table)
+    if placement := result.placement_reason():
+        typer.echo(placement)
     typer.echo(f"cached: {cache_path(result.machine)} (--force probes again)")
 
 

@@ -81,6 +81,8 @@ def run(opts: RunOptions) -> Path:
     probe = ensure_probe()
     for fmt in FORMATS:
         say(f"  {probe.verdict(fmt).reason}")
+    if placement := probe.placement_reason():
+        say(f"  {placement}")
     stage(3, "quantize")
     quantize(QuantizeOptions(model=opts.model, variants=opts.variants, out=opts.variants_dir,
                              samples=opts.samples, seq_len=opts.seq_len))

@@ -22,7 +22,7 @@ from quantserve.errors import UserError
 from quantserve.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.probe import ProbeProvider, ProbeResult, Verdict, ensure_probe
-from quantserve.serve.config import ModelSpec, ServeConfig
+from quantserve.serve.config import EngineSettings, ModelSpec, ServeConfig
 from quantserve.text import shorten
 
 
@@ -47,9 +47,16 @@ class Catalog:
     models: list[HostedModel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # variant -> why it is not served here
+    # the probe's engine environment (where engines compute) and why; empty when no local model needed the probe
+    engine_env: dict[str, str] = field(default_factory=dict)
+    placement: str | None = None
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    def engine_settings(self, settings: EngineSettings) -> EngineSettings:
+        """The engines' settings with the probe's environment added; serve.yaml's engine.env wins over it."""
+        return settings.model_copy(update={"env": {**self.engine_env, **settings.env}})
 
     def add(self, model: HostedModel) -> None:
         for existing in self.models:
@@ -73,6 +80,11 @@ class Verdicts:
         if self._probe is None:
             self._probe = self._provider()
         return self._probe.verdict_for(path)
+
+    @property
+    def probe(self) -> ProbeResult | None:
+        """The probe, if a local model needed it."""
+        return self._probe
 
 
 def resolve_catalog(config: ServeConfig, probe: ProbeProvider | None = None) -> Catalog:
@@ -101,6 +113,8 @@ def resolve_catalog(config: ServeConfig, probe: ProbeProvider | None = None) -> 
         skipped = "; ".join(catalog.warnings) or "no variants found"
         raise UserError(f"nothing to serve from {config.variants_dir}: {skipped}. "
                         f"Pass --model PATH to serve a model folder.")
+    if verdicts.probe is not None:
+        catalog.engine_env, catalog.placement = verdicts.probe.engine_env, verdicts.probe.placement_reason()
     return catalog
 
 

@@ -81,7 +81,7 @@ class ServeStack:
             # engines answer /v1 only to this key, which only the gateway holds: a local user who finds the
             # port cannot skip keys, limits and the ledger
             self.config = self.config.model_copy(update={"upstream_api_key": secrets.token_urlsafe(32)})
-        specs = build_engine_specs(self.catalog.models, self.config.engine, device,
+        specs = build_engine_specs(self.catalog.models, self.catalog.engine_settings(self.config.engine), device,
                                    avoid_ports=[self.config.port], api_key=self.config.upstream_api_key)
         self.engines = EngineGroup(specs, self.log_dir, on_state=self._engine_state)
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
@@ -90,6 +90,8 @@ class ServeStack:
         for m in self.catalog.models:
             if m.path is not None:
                 log.info("%s runs in %s: %s", m.name, m.dtype or "auto", m.dtype_reason)
+        if self.catalog.placement and specs:
+            log.info("%s", self.catalog.placement)
         optional = frozenset(m.name for m in self.catalog.models if self.best_effort or not m.required)
         dropped = self.engines.start(optional=optional)
         for name, why in dropped.items():

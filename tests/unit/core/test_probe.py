@@ -116,7 +116,8 @@ def test_a_trial_that_kills_its_process_is_recorded_and_the_rest_go_on(tmp_path,
     fake.chmod(0o755)
     monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("QUANTSERVE_SERVE_PYTHON", str(fake))
-    plan = [{"format": f, "dtype": d, "path": str(tmp_path)} for f in ("full", "w8a8-int8") for d in ("bfloat16", "dies")]
+    plan = [{"format": f, "dtype": d, "path": str(tmp_path)}
+            for f in ("full", "w8a8-int8") for d in ("bfloat16", "dies")]
     trials = probe_mod.run_trials(plan, "cpu")
     assert [(t.format, t.dtype, t.runs) for t in trials] == [
         ("full", "bfloat16", True), ("full", "dies", False), ("w8a8-int8", "bfloat16", True),

@@ -153,6 +153,26 @@ def test_where_the_probe_runs_int4_every_variant_is_hosted_in_its_fastest_dtype(
     assert {m.dtype for m in catalog.models} == {"bfloat16"}
 
 
+def test_engines_take_the_probes_core_placement_unless_serve_yaml_sets_it(variants_dir):
+    from quantserve.probe import ALL_CORES_ENV, Trial
+    from quantserve.serve.vllm_command import build_engine_specs
+
+    measured = AMX_LIKE.model_copy(update={"trials": [*AMX_LIKE.trials, Trial(
+        format="full", dtype="bfloat16", runs=True, env=ALL_CORES_ENV, tok_s={"1": 18.0, "16": 230.0})]})
+    config = load_config(variants_dir=variants_dir)
+    catalog = resolve_catalog(config, on(measured))
+    assert catalog.engine_env == ALL_CORES_ENV and catalog.placement.startswith("engines compute on all cores")
+    (spec, *_) = build_engine_specs(catalog.models, catalog.engine_settings(config.engine), "cpu")
+    assert spec.environment()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    mine = load_config(variants_dir=variants_dir, engine={"env": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}})
+    (spec, *_) = build_engine_specs(catalog.models, catalog.engine_settings(mine.engine), "cpu")
+    assert spec.environment()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    default = resolve_catalog(config, on(AMX_LIKE))  # not measured: vLLM's own placement
+    assert default.engine_env == {} and default.placement is None
+    (spec, *_) = build_engine_specs(default.models, default.engine_settings(config.engine), "cpu")
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in spec.environment()
+
+
 def test_an_explicit_dtype_wins_and_is_reported_as_the_users_choice(variants_dir):
     catalog = resolve_catalog(load_config(variants_dir=variants_dir, engine={"dtype": "float16"}), on(AMX_LIKE))
     assert {(m.dtype, m.dtype_from) for m in catalog.models} == {("float16", "config")}
