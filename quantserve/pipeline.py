@@ -44,12 +44,12 @@ class RunOptions:
 
 def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult,
                  selected: set[str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Variants to host beside the source: those this run selected (`--variants`; None: any in the folder) whose
-    format the probe runs here, 8-bit first (closest to the source), up to the engine budget; the rest with the
-    reason. The folder may hold more than the selection (`make bench` builds the opt-in recipes there too)."""
+    """Variants to host beside the source: those of the recipes this run selected (`--variants`; None: any in the
+    folder) whose format the probe runs here, 8-bit first (closest to the source), up to the engine budget; the
+    rest with the reason. The folder may hold more (`make bench` builds the opt-in recipes there too)."""
     from quantserve.manifest import list_manifests
 
-    found = [(folder, m) for folder, m in list_manifests(variants_dir) if selected is None or m.name in selected]
+    found = [(folder, m) for folder, m in list_manifests(variants_dir) if selected is None or m.variant in selected]
     verdicts = {m.name: probe.verdict_for(folder) for folder, m in found}
     runnable = sorted((m for _, m in found if verdicts[m.name].runs is not False), key=lambda m: (-m.bits, m.name))
     chosen = [m.name for m in runnable[: max(0, max_engines - 1)]]

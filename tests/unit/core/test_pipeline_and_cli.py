@@ -25,12 +25,13 @@ def test_run_hosts_what_the_probe_runs_8bit_first_within_the_engine_budget(tmp_p
 
 def test_run_hosts_only_the_variants_it_selected_from_a_fuller_folder(tmp_path):
     """`make bench` builds the opt-in recipes into the same folder; `make run` afterwards still measures its own."""
-    for name, fmt, bits in (("m-gptq", "w4a16-int4", 4), ("m-w8a8", "w8a8-int8", 8), ("m-opt-in", "w8a8-int8", 8)):
-        make_manifest(name=name, bits=bits).write(checkpoint_folder(tmp_path / name, fmt))
-    chosen, skipped = _pick_served(tmp_path, max_engines=6, probe=AMX_LIKE, selected={"m-gptq", "m-w8a8"})
-    assert chosen == ["m-w8a8", "m-gptq"] and not skipped
-    chosen, _ = _pick_served(tmp_path, max_engines=6, probe=AMX_LIKE, selected={"m-opt-in"})
-    assert chosen == ["m-opt-in"]
+    for recipe, fmt, bits in (("gptq", "w4a16-int4", 4), ("w8a8", "w8a8-int8", 8), ("opt-in", "w8a8-int8", 8)):
+        name = f"tiny-{recipe}"  # the folder is named after the source too; `--variants` names the recipe
+        make_manifest(name=name, variant=recipe, bits=bits).write(checkpoint_folder(tmp_path / name, fmt))
+    chosen, skipped = _pick_served(tmp_path, max_engines=6, probe=AMX_LIKE, selected={"gptq", "w8a8"})
+    assert chosen == ["tiny-w8a8", "tiny-gptq"] and not skipped
+    chosen, _ = _pick_served(tmp_path, max_engines=6, probe=AMX_LIKE, selected={"opt-in"})
+    assert chosen == ["tiny-opt-in"]
 
 
 def test_help_lists_every_stage_command():
