@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantserve.progress import say
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -43,18 +50,52 @@ def emulate_dynamic_int8_activations(model, only: set[str] | None = None) -> int
     return wrapped
 
 
-def compare(source_model, variant_model, sequences: list[list[int]]) -> QualityStats:
-    """Both models see the same sequences; per-token stats are pooled over all predicted positions."""
+def reference_logprobs(source_model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """The source's next-token log-probabilities (fp32) at every predicted position of each sequence."""
+    import torch
+
+    out = []
+    for seq in sequences:
+        with torch.inference_mode():
+            out.append(torch.log_softmax(source_model(torch.tensor([seq])).logits[0, :-1].float(), dim=-1))
+    return out
+
+
+def cached_reference(cache: Path | None, key: str, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """The source's log-probabilities from `cache` (one file per held-out set), or computed and stored there.
+
+    One `quantize` call checks every variant against the same source on the same text, so the source's forward
+    pass runs once instead of once per variant (about a third of each check on the default). The file is a cache:
+    when it cannot be written (no space, say) the check goes on without it."""
+    import torch
+
+    path = cache / f"source-logprobs-{key[:16]}.pt" if cache else None
+    if path is not None and path.is_file():
+        return torch.load(path, mmap=True)
+    reference = compute()
+    if path is not None:
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        try:
+            torch.save(reference, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            say(f"  quality: source reference not cached ({err}); the next check computes it again")
+    return reference
+
+
+def compare(reference: Sequence[torch.Tensor], variant_model, sequences: list[list[int]]) -> QualityStats:
+    """The variant sees the sequences the reference was computed on; per-token stats are pooled over all
+    predicted positions."""
     import torch
 
     nll_src = nll_var = 0.0
     klds: list[torch.Tensor] = []
     agree = total = 0
-    for i, seq in enumerate(sequences, 1):
+    for i, (seq, lp_src) in enumerate(zip(sequences, reference, strict=True), 1):
         ids = torch.tensor([seq])
         target = ids[0, 1:]
         with torch.inference_mode():
-            lp_src = torch.log_softmax(source_model(ids).logits[0, :-1].float(), dim=-1)
             lp_var = torch.log_softmax(variant_model(ids).logits[0, :-1].float(), dim=-1)
         nll_src -= lp_src.gather(1, target[:, None]).sum().item()
         nll_var -= lp_var.gather(1, target[:, None]).sum().item()

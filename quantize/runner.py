@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,6 +168,8 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
     }
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     checker = _VllmChecker()
+    # The source's log-probabilities on the held-out text, computed by the first quality check, read by the rest.
+    reference_dir = Path(tempfile.mkdtemp(prefix=".quality-reference-", dir=opts.out))
     done: list[Manifest] = []
     failures: list[str] = []
     try:
@@ -194,6 +197,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     variant=variant, recipe=recipe_dict, source=str(source), out=str(tmp),
                     calibration_file=str(opts.calibration_file), samples=opts.samples, seq_len=opts.seq_len,
                     heldout_file=str(opts.heldout_file), threads=opts.threads, group_size=group_sizes[variant],
+                    reference_cache=str(reference_dir),
                 )
                 result = _run_worker(spec, tmp)
                 with step(f"{name}: vLLM config resolution and platform check"):
@@ -228,6 +232,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     shutil.rmtree(tmp, ignore_errors=True)
     finally:
         checker.close()
+        shutil.rmtree(reference_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if failures:
         raise UserError("quality gate failed: " + "; ".join(failures))

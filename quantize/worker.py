@@ -33,6 +33,7 @@ class BuildSpec(BaseModel):
     heldout_file: str
     threads: int
     group_size: int | None
+    reference_cache: str | None = None  # a folder the builds of one `quantize` call share (quality.cached_reference)
 
 
 class BuildResult(BaseModel):
@@ -60,13 +61,26 @@ def _measure_quality(spec: BuildSpec) -> Quality:
 
     from quantserve.checkpoint import activation_quantized_targets
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
-    from quantserve.quantize.quality import compare, emulate_dynamic_int8_activations
+    from quantserve.quantize.quality import (
+        cached_reference,
+        compare,
+        emulate_dynamic_int8_activations,
+        reference_logprobs,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
-    # The source in fp32 is the reference. compressed-tensors variants are dequantized once at load (the
-    # same numbers as running compressed, which would unpack every weight on every forward pass).
-    source = AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.float32).eval()
+    seqs_sha = ids_sha256(seqs)
+
+    def source_reference() -> list[torch.Tensor]:
+        # The source in fp32 is the reference.
+        source = AutoModelForCausalLM.from_pretrained(spec.source, dtype=torch.float32).eval()
+        return reference_logprobs(source, seqs)
+
+    cache = Path(spec.reference_cache) if spec.reference_cache else None
+    reference = cached_reference(cache, seqs_sha, source_reference)
+    # compressed-tensors variants are dequantized once at load (the same numbers as running compressed, which
+    # would unpack every weight on every forward pass).
     extra = {}
     if spec.recipe["method"] != "bnb":
         from transformers import CompressedTensorsConfig
@@ -76,9 +90,9 @@ def _measure_quality(spec: BuildSpec) -> Quality:
     targets = activation_quantized_targets(Path(spec.out))
     if targets:
         emulate_dynamic_int8_activations(variant, None if "Linear" in targets else targets)
-    stats = compare(source, variant, seqs)
+    stats = compare(reference, variant, seqs)
     return Quality(
-        heldout_file=Path(spec.heldout_file).name, heldout_sha256=ids_sha256(seqs), tokens=stats.tokens,
+        heldout_file=Path(spec.heldout_file).name, heldout_sha256=seqs_sha, tokens=stats.tokens,
         ppl=stats.ppl, ppl_source=stats.ppl_source, ppl_ratio=stats.ppl_ratio, kld_mean=stats.kld_mean,
         kld_p95=stats.kld_p95, top1_agreement=stats.top1_agreement,
     )

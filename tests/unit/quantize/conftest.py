@@ -22,10 +22,11 @@ class FakeQuantize:
     quality: Quality | None
     weights: bytes = b"one"
     builds: list[str] = field(default_factory=list)  # variant of each build child started
+    reference_caches: list[str | None] = field(default_factory=list)  # each build's source-reference folder
 
-    def run(self, out: Path, **opts: object) -> list[Manifest]:
+    def run(self, out: Path, variants: str = "bnb-nf4", **opts: object) -> list[Manifest]:
         return runner.quantize(runner.QuantizeOptions(
-            model=str(self.source), variants="bnb-nf4", out=out, threads=1,
+            model=str(self.source), variants=variants, out=out, threads=1,
             calibration_file=self.texts, heldout_file=self.texts, **opts,
         ))
 
@@ -56,6 +57,8 @@ def fake_quantize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeQuanti
 
     def run_worker(spec: BuildSpec, tmp: Path) -> BuildResult:
         fake.builds.append(spec.variant)
+        fake.reference_caches.append(spec.reference_cache)
+        assert spec.reference_cache and Path(spec.reference_cache).is_dir()
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "model.safetensors").write_bytes(fake.weights)
         return BuildResult(calibration=None, quality=fake.quality, versions={"fake": "1"}, wall_time_s=1.0,

@@ -115,3 +115,15 @@ def test_force_rebuild_killed_between_its_renames_keeps_the_old_variant_for_the_
     assert Manifest.read(folder) == old
     assert (folder / "model.safetensors").read_bytes() == b"one"
     assert [p.name for p in out.iterdir() if p.name.startswith(".") and p.is_dir()] == []
+
+
+def test_the_builds_of_one_run_share_a_source_reference_that_is_removed_afterwards(fake_quantize: FakeQuantize,
+                                                                                   tmp_path):
+    out = tmp_path / "variants"
+    fake_quantize.run(out, variants="bnb-nf4,bnb-int8")
+    assert fake_quantize.builds == ["bnb-nf4", "bnb-int8"]
+    first, second = fake_quantize.reference_caches
+    assert first == second  # the second check reads what the first one computed
+    assert not Path(first).exists()
+    assert not list(out.glob(".quality-reference-*"))
+    assert [m.name for _, m in list_manifests(out)] == ["tiny-src-bnb-int8", "tiny-src-bnb-nf4"]
