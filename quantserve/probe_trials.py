@@ -25,6 +25,7 @@ _PROMPTS = [
     "List three things to check before restarting a router.",
     "Summarize why backups matter for a small business.",
 ]
+SHUTDOWN_GRACE_S = 1.0
 _ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception))(?::\s*(.+))?\s*$")
 # What the caller of a dead engine sees; the cause is logged before it by the worker or engine core.
 _GENERIC = ("EngineDeadError", "EngineGenerateError", "root cause above", "stack trace above",
@@ -84,7 +85,9 @@ def _trial(spec: dict, item: dict, log: Path) -> Trial:
     finally:
         if llm is not None:
             with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
+                # vLLM's default grace is 5 s, most of it spent after the worker has exited; the timings are
+                # taken, so the engine core is killed after 1 s (11 trials: about 40 s less probe).
+                llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_GRACE_S)
             del llm
             gc.collect()
         for k, v in saved.items():

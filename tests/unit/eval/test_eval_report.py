@@ -220,7 +220,8 @@ def test_report_time_slo_recomputes_goodput(run: Path):
     strict = make_report(run, constraints=ReportConstraints(slo="ttft_p99=150ms"))
     assert strict.variant(SOURCE).goodput_rps == 0.0
     assert strict.variant(GPTQ).goodput_rps == pytest.approx(4.0)
-    assert strict.variant(SOURCE).by_concurrency[1].slo_violations == ["ttft_p99 200 ms > 150 ms"]
+    assert strict.variant(SOURCE).by_concurrency[1].slo_violations == [
+        "ttft_p99 200 ms > 150 ms (n=4: too few to back it)"]
 
 
 def test_report_without_manifests_or_gpu(tmp_path: Path):
