@@ -103,9 +103,29 @@ def _plan_sentence(row: VariantRow, vram_plan: dict[str, Any]) -> str:
             f"{vram_plan['concurrency']} sequences, which {where}.")
 
 
+def _close_calls(point: PointRow, others: list[tuple[VariantRow, PointRow]], speed_noise: float | None) -> list[str]:
+    """A sentence for each runner-up whose cost per token is within the machine's measured speed noise of the
+    winner's: on such a machine the order of the two may flip on the next run."""
+    if not speed_noise or not point.cost:
+        return []
+    ties = []
+    for row, p in others:
+        if p.cost:
+            ratio = p.cost.usd_per_1m_output_tokens / point.cost.usd_per_1m_output_tokens
+            if ratio - 1 <= speed_noise:
+                ties.append(f"{row.name} costs {ratio:.2f}× as much per token, inside this machine's noise (the "
+                            f"source's output tok/s moved {speed_noise:.0%} between its two runs): this run does "
+                            "not rank the two; more requests per point (`quantserve eval` defaults to 100) or a "
+                            "quieter machine would.")
+    return ties
+
+
 def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
               hardware_label: str | None, vram_plan: dict[str, Any],
-              max_kld: float = DEFAULT_MAX_KLD) -> Recommendation:
+              max_kld: float = DEFAULT_MAX_KLD, speed_noise: float | None = None) -> Recommendation:
+    """`speed_noise`: how far the source's output tok/s moved between its two runs in this one (a fraction),
+    where it was measured twice; a qualifying variant whose cost is within it of the winner's is named as a tie
+    this run cannot break."""
     constraints = {"max_memory_gb": max_memory_gb, "slo": slo_to_dict(slo), "min_recovery": min_recovery or 0.0,
                    "max_kld": max_kld}
     asked = [f"memory ≤ {max_memory_gb:g} GB (measured weights and the plan-model estimate)"
@@ -170,5 +190,6 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
     others = [r.name for r, _ in passing if r is not winner]
     if others:
         text.append(f"Also qualifying but costlier per token: {', '.join(others)}.")
+    text += _close_calls(point, [(r, p) for r, p in passing if r is not winner], speed_noise)
     return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected, quality_floor=floors,
                           reasoning=" ".join(text) + _plan_sentence(winner, vram_plan))

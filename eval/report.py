@@ -134,7 +134,8 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
     rows = build_rows(eval_doc, records, manifests, slo, hardware, c.usd_per_kwh)
     plan = vram_plan(c.plan_model, plan_precisions(manifests), c.plan_context_len, c.plan_concurrency)
     label = hardware.label if hardware else None
-    recommendation = recommend(rows, slo, c.max_memory_gb, c.min_recovery, label, plan, c.max_kld)
+    recommendation = recommend(rows, slo, c.max_memory_gb, c.min_recovery, label, plan, c.max_kld,
+                               speed_noise=_speed_noise(eval_doc.get("noise")))
     source_notes = sorted({m.source.note for m in manifests if m.source.note})
     ref = reference_point(eval_doc)
     missing_usage = sum(r.ok and r.completion_tokens is None for r in records)
@@ -155,6 +156,13 @@ def make_report(run_dir: Path, variants_dir: Path | None = None,
         memory_bandwidth_gbs=(eval_doc.get("memory_bandwidth") or {}).get("bytes_per_s", 0) / 1e9 or None,
         noise=eval_doc.get("noise"),
     )
+
+
+def _speed_noise(noise: dict[str, Any] | None) -> float | None:
+    """The largest move of the source's output tok/s between its two runs, over the load points."""
+    drifts = [abs(r["drift"]) for r in (noise or {}).get("rows", [])
+              if r.get("figure") == "output tok/s" and r.get("drift") is not None]
+    return max(drifts) if drifts else None
 
 
 def build_report(run_dir: Path, variants_dir: Path | None = None,

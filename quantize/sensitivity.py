@@ -9,8 +9,8 @@ unquantized model is taken on a few calibration sequences. Then `pick_promotions
 leaves on the layers with the most KLD per extra byte.
 
 Cost: one forward pass from the probed layer's depth down per Linear (the layers above it are replayed from a
-cache), fp32. On the default, 210 Linears x 4x256 calibration tokens took 1113 s on 2 CPU cores shared with
-another job (about 8 s a probe at the top of the stack, 2 s at the bottom); 8x256 doubles that.
+cache), fp32. On the default, 210 Linears x 4x256 calibration tokens took 372 s on 2 CPU cores alone
+(1113 s with another job sharing them); 8x256 doubles that.
 
 Runs in the quantization environment (torch, transformers), inside the build of a `mixed` recipe.
 """

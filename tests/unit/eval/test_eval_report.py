@@ -318,3 +318,27 @@ def test_the_100ms_target_is_judged_from_the_median_when_a_small_sample_cannot_b
     assert target_sentence([_point(1, 150, (60, 90), (31, 40)), _point(4, 10, (80, None), (120, None))]) == (
         "under 100 ms up to concurrency=1; missed at concurrency=4: TPOT p50 120 ms, so p99 is over 100 ms too "
         "(n = 10 cannot back p99 itself)")
+
+
+def _with_speed_noise(run: Path, drift: float) -> Path:
+    doc = json.loads((run / "eval.json").read_text())
+    doc["noise"] = {"model": SOURCE, "rows": [
+        {"point": "concurrency=4", "figure": "output tok/s", "first": 20.0, "repeat": 20.0 * (1 + drift),
+         "drift": drift},
+        {"point": "concurrency=4", "figure": "TTFT p50", "first": 100.0, "repeat": 300.0, "drift": 2.0}],
+        "tasks": None}
+    (run / "eval.json").write_text(json.dumps(doc))
+    return run
+
+
+def test_a_runner_up_within_the_machines_speed_noise_is_named_as_a_tie(run: Path):
+    off = ReportConstraints(min_recovery=0)  # both qualify; gptq (40 tok/s) is half the source's (20) cost
+    assert "inside this machine's noise" not in make_report(run, constraints=off).recommendation.reasoning
+    # the source's own tok/s moved 10% between its runs: a 2× cost gap is a ranking
+    rec = make_report(_with_speed_noise(run, -0.10), constraints=off).recommendation
+    assert rec.variant == GPTQ and "inside this machine's noise" not in rec.reasoning
+    # it moved 120% (TTFT's larger move does not count: cost follows tok/s): the gap is inside the noise
+    rec = make_report(_with_speed_noise(run, 1.20), constraints=off).recommendation
+    assert rec.variant == GPTQ
+    assert (f"{SOURCE} costs 2.00× as much per token, inside this machine's noise (the source's output tok/s "
+            "moved 120% between its two runs)") in rec.reasoning
