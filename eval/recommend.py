@@ -187,9 +187,9 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
                 f"{floors[winner.name].reason}.")
     if rejected:
         text.append(f"Not chosen: {rejected_text}.{quality}")
-    others = [r.name for r, _ in passing if r is not winner]
+    others = [(r, p) for r, p in passing if r is not winner]
     if others:
-        text.append(f"Also qualifying but costlier per token: {', '.join(others)}.")
-    text += _close_calls(point, [(r, p) for r, p in passing if r is not winner], speed_noise)
+        text.append(f"Also qualifying but costlier per token: {', '.join(r.name for r, _ in others)}.")
+    text += _close_calls(point, others, speed_noise)
     return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected, quality_floor=floors,
                           reasoning=" ".join(text) + _plan_sentence(winner, vram_plan))

@@ -105,12 +105,13 @@ def _pooled(rounds: list[dict[str, Any]], records: list[RequestRecord]) -> dict[
 
 def _hf_baseline(model_path: str, items: list[ScenarioItem], max_tokens: int, prompts: int, dtype: str
                  ) -> dict[str, Any]:
-    """Sequential transformers generate in the dtype the engine ran in (the probe's choice): like for like."""
+    """Sequential transformers generate in the dtype the engine ran in (the probe's choice): like for like.
+    "auto" (an engine the catalog gave no dtype) is the checkpoint's own dtype on both sides."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     model.eval()
 
     def generate(item: ScenarioItem) -> int:
@@ -147,7 +148,7 @@ def run_bench(out: Path, model: str = DEFAULT_MODEL, max_tokens: int = 64, reque
         with ServeStack(config, gateway_mode="process", log_dir=Path(tmp) / "logs") as stack:
             served = stack.models[0]
             engine = stack.engine(served)
-            model_path, device, engine_dtype = engine.spec.model, engine.spec.device, engine.spec.dtype or "float32"
+            model_path, device, engine_dtype = engine.spec.model, engine.spec.device, engine.spec.vllm_dtype
             engine_key = stack.engine_headers.get("authorization", "").removeprefix("Bearer ") or None
             endpoints = {"direct": Endpoint.of(stack.engine_url(served), engine_key),
                          "gateway": Endpoint.of(stack.base_url, bench_key)}

@@ -120,7 +120,7 @@ class Engine:
                 self._set_state(EngineState.DOWN)
             else:
                 log.info("engine %s up in %.0f s (%s)", self.spec.label, time.monotonic() - started,
-                         self.spec.dtype or "auto")
+                         self.spec.vllm_dtype)
                 self._set_state(EngineState.UP)
                 first = False
                 self._first_outcome.set()

@@ -85,7 +85,7 @@ class ServeStack:
                                    avoid_ports=[self.config.port], api_key=self.config.upstream_api_key)
         self.engines = EngineGroup(specs, self.log_dir, on_state=self._engine_state)
         log.info("starting %d engine(s) on %s: %s", len(specs), device,
-                 ", ".join(f"{s.label}@{s.port} ({s.dtype or 'auto'})" for s in specs)
+                 ", ".join(f"{s.label}@{s.port} ({s.vllm_dtype})" for s in specs)
                  or "none (external upstreams only)")
         for m in self.catalog.models:
             if m.path is not None:

@@ -62,6 +62,11 @@ class EngineSpec:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def vllm_dtype(self) -> str:
+        """The --dtype the engine is started with: the catalog's (probe or serve.yaml), else vLLM's "auto"."""
+        return self.dtype or self.settings.dtype or "auto"
+
+    @property
     def label(self) -> str:
         return f"{self.name}#{self.replica}" if self.replica else self.name
 
@@ -71,7 +76,7 @@ class EngineSpec:
         s = self.settings
         args = vllm_args(
             self.model, self.name, self.host, self.port, s.max_model_len,
-            dtype=self.dtype or s.dtype or "auto",
+            dtype=self.vllm_dtype,
             enforce_eager=s.enforce_eager if s.enforce_eager is not None else self.device == "cpu",
             tensor_parallel_size=self.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization if self.device == "cuda" else None,
