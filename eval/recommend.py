@@ -164,7 +164,8 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
     tpot50 = _fmt(tpot.p50 if tpot else None, '.1f', ' ms')
     text = [head, "Rule: among those, the lowest $ per 1M output tokens at each variant's best SLO-meeting "
             "load point (on one machine this is the highest SLO-meeting throughput)."]
-    speed = (f"{winner.name} is recommended: at {point.point} it sustains "
+    served_on = f" (on {winner.runtime})" if winner.runtime else ""
+    speed = (f"{winner.name}{served_on} is recommended: at {point.point} it sustains "
              f"{_fmt(point.throughput.output_tok_s if point.throughput else None, '.1f')} output tok/s "
              f"(TTFT p99 {ttft99}, TPOT p50 {tpot50})")
     if point.cost:

@@ -190,7 +190,8 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
     for manifest in manifests:
         q = manifest.quality
         rows.append(VariantRow(
-            name=manifest.name, method=manifest.method, scheme=manifest.scheme, bits=manifest.bits,
+            name=manifest.name, runtime=manifest.runtime, method=manifest.method, scheme=manifest.scheme,
+            bits=manifest.bits,
             size_bytes=manifest.weight_bytes, size_ratio=manifest.size_ratio,
             servable_here=manifest.servable_here, servable_reason=manifest.servable_reason,
             quality=QualityRow(
@@ -204,6 +205,7 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
     for row in rows:
         info = serving.get(row.name) or {}
         row.dtype, row.dtype_from = info.get("dtype"), info.get("dtype_from")
+        row.runtime = info.get("runtime") or row.runtime or ("vllm" if row.is_source else None)
         if row.name in not_served:
             row.servable_here, row.servable_reason = False, not_served[row.name]
     known = {row.name for row in rows}
@@ -211,6 +213,7 @@ def build_rows(eval_doc: dict[str, Any], records: list[RequestRecord], manifests
         if model not in known:
             info = serving.get(model) or {}
             rows.append(VariantRow(name=model, servable_reason="measured at the endpoint; no manifest",
+                                   runtime=info.get("runtime"),
                                    dtype=info.get("dtype"), dtype_from=info.get("dtype_from"),
                                    quality=QualityRow(**_task_fields(_task_scores(eval_doc, model),
                                                                      source_scores))))

@@ -112,6 +112,7 @@ class PointRow(BaseModel):
 class VariantRow(BaseModel):
     name: str
     is_source: bool = False
+    runtime: str | None = None  # vllm, llama.cpp, openvino: what served it (or would)
     method: str | None = None
     scheme: str | None = None
     bits: int | None = None

@@ -206,7 +206,7 @@ async def run_eval_async(cfg: EvalConfig) -> Path:
         cards = await check_models(client, plan.endpoint, cfg.models)
         models = [c["id"] for c in cards]
         # What each model runs as (the gateway's extra /v1/models fields; None for other servers).
-        serving = {c["id"]: {k: c.get(k) for k in ("format", "dtype", "dtype_from")} for c in cards}
+        serving = {c["id"]: {k: c.get(k) for k in ("runtime", "format", "dtype", "dtype_from")} for c in cards}
         if cfg.source_model and cfg.source_model not in models:
             raise UserError(f"--source-model {cfg.source_model} is not among the measured models: "
                             f"{', '.join(models)}")

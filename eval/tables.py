@@ -32,6 +32,11 @@ def _p(dist: Dist | None, stat: str, spec: str = ".0f") -> str:
     return with_ci(value, getattr(dist, f"{stat}_ci", None), spec)
 
 
+def runtime_cell(row: VariantRow) -> str:
+    scheme = row.scheme or NONE
+    return f"{row.runtime} / {scheme}" if row.runtime else scheme
+
+
 def servable_cell(row: VariantRow) -> str:
     if row.latency is not None:
         return f"yes ({row.dtype})" if row.dtype else "yes"
@@ -41,14 +46,14 @@ def servable_cell(row: VariantRow) -> str:
 
 
 def summary_table(report: Report) -> Table:
-    headers = ["variant", "bits", "size MB", "size ratio", "PPL ratio", "KLD", "top-1", "task acc",
+    headers = ["variant", "runtime / format", "bits", "size MB", "size ratio", "PPL ratio", "KLD", "top-1", "task acc",
                "recovery", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "output tok/s", "$/1M tok",
                "servable here"]
     rows = []
     for v in report.variants:
         lat, q = v.latency, v.quality
         rows.append([
-            v.name + (" (source)" if v.is_source else ""), fmt(v.bits, "d"),
+            v.name + (" (source)" if v.is_source else ""), runtime_cell(v), fmt(v.bits, "d"),
             fmt(v.size_bytes / 1e6 if v.size_bytes else None, ".1f"), fmt(v.size_ratio, ".3f"),
             fmt(q.ppl_ratio, ".3f"), fmt(q.kld_mean, ".4f"), fmt(q.top1_agreement, ".3f"),
             with_ci(q.task_accuracy, q.task_accuracy_ci), with_ci(q.recovery, q.recovery_ci),

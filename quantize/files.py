@@ -18,8 +18,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# OpenVINO keeps its tokenizer as small IR models beside the weights: not weights
+_NOT_WEIGHTS = ("openvino_tokenizer.bin", "openvino_detokenizer.bin")
+
+
 def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name not in _NOT_WEIGHTS)
 
 
 def weight_bytes(folder: Path) -> int:

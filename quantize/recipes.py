@@ -31,6 +31,11 @@ class _Recipe(BaseModel):
         return "compressed-tensors"
 
     @property
+    def runtime(self) -> str:
+        """What serves the checkpoint (quantserve.checkpoint.RUNTIMES)."""
+        return "vllm"
+
+    @property
     def needs_calibration(self) -> bool:
         return True
 
@@ -123,7 +128,61 @@ class BnbRecipe(_Recipe):
         return False
 
 
-AnyRecipe = GPTQRecipe | AWQRecipe | AutoRoundRecipe | MixedRecipe | W8A8Recipe | SparseW8A8Recipe | BnbRecipe
+class GgufRecipe(_Recipe):
+    """A llama.cpp GGUF file: the source converted at full precision, then quantized by llama.cpp's own quantizer
+    (its k-quants keep the most sensitive tensors at more bits: Q4_K_M stores attn_v and ffn_down at Q6_K)."""
+
+    method: Literal["gguf"]
+    quant_type: Literal["Q8_0", "Q4_K_M", "Q4_0"]
+    group_size: None = None
+    ignore: list[str] = Field(default_factory=list)
+
+    @property
+    def library(self) -> str:
+        return "llama.cpp"
+
+    @property
+    def checkpoint_format(self) -> str:
+        return "gguf"
+
+    @property
+    def runtime(self) -> str:
+        return "llama.cpp"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+
+class OpenVinoRecipe(_Recipe):
+    """OpenVINO IR with NNCF weight compression through optimum-intel, data-free (no calibration text)."""
+
+    method: Literal["openvino"]
+    weight_format: Literal["int8", "int4"]
+    group_size: int | Literal["auto"] | None = None  # INT4 only: weights per scale
+    symmetric: bool = False
+    ratio: float = Field(default=1.0, gt=0, le=1)  # INT4 only: the share of layers at 4 bits, the rest INT8
+    ignore: list[str] = Field(default_factory=list)
+
+    @property
+    def library(self) -> str:
+        return "nncf"
+
+    @property
+    def checkpoint_format(self) -> str:
+        return "openvino"
+
+    @property
+    def runtime(self) -> str:
+        return "openvino"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+
+AnyRecipe = (GPTQRecipe | AWQRecipe | AutoRoundRecipe | MixedRecipe | W8A8Recipe | SparseW8A8Recipe | BnbRecipe
+             | GgufRecipe | OpenVinoRecipe)
 Recipe = Annotated[AnyRecipe, Field(discriminator="method")]
 _RECIPE = TypeAdapter(Recipe)
 
@@ -145,24 +204,32 @@ def load_variants(path: Path = VARIANTS_FILE) -> dict[str, AnyRecipe]:
 
 
 def select_variants(spec: str, path: Path = VARIANTS_FILE, extra: Path | None = None) -> dict[str, AnyRecipe]:
-    """`spec` is a comma list of names from variants.yaml (plus a user's recipe file), `default` (every recipe
-    not marked opt_in) or `all`."""
+    """`spec` is a comma list of names from variants.yaml (plus a user's recipe file) and groups: `default` (every
+    recipe not marked opt_in), `all`, a runtime (`vllm`, `llama.cpp`, `openvino`: its recipes) or `runtimes`
+    (every recipe served by a runtime other than vLLM). `default,runtimes` is the default set beside the other
+    runtimes' variants."""
     known = load_variants(path)
     if extra is not None:
         if not extra.is_file():
             raise UserError(f"recipe file {extra} does not exist")
         known.update(load_variants(extra))
-    if spec.strip() == "all":
-        names = list(known)
-    elif spec.strip() == "default":
-        names = [name for name, recipe in known.items() if not recipe.opt_in]
-    else:
-        names = [s.strip() for s in spec.split(",") if s.strip()]
+    groups = {
+        "all": list(known),
+        "default": [n for n, r in known.items() if not r.opt_in],
+        "runtimes": [n for n, r in known.items() if r.runtime != "vllm"],
+        **{rt: [n for n, r in known.items() if r.runtime == rt] for rt in ("vllm", "llama.cpp", "openvino")},
+    }
+    names: list[str] = []
+    for token in (s.strip() for s in spec.split(",")):
+        if token:
+            names += groups.get(token, [token])
+    names = list(dict.fromkeys(names))
     if not names:
         raise UserError("no variants given: pass --variants with names from " + ", ".join(known))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UserError(f"unknown variant {', '.join(unknown)!s}; known variants: {', '.join(known)}")
+        raise UserError(f"unknown variant {', '.join(unknown)!s}; known variants: {', '.join(known)} "
+                        f"(or a group: {', '.join(groups)})")
     return {n: known[n] for n in names}
 
 

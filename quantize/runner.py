@@ -27,7 +27,7 @@ from quantserve.quantize.files import file_hashes, sha256_file, weight_bytes, we
 from quantserve.quantize.recipes import select_variants
 from quantserve.quantize.vllm_check import VllmVerdict
 from quantserve.quantize.worker import RESULT_NAME, BuildResult, BuildSpec
-from quantserve.stage_env import quant_python, serve_python
+from quantserve.stage_env import build_python, serve_python
 
 
 @dataclass
@@ -92,7 +92,8 @@ def _run_worker(spec: BuildSpec, tmp: Path) -> BuildResult:
     spec_file = tmp.parent / f"{tmp.name}.spec.json"
     spec_file.write_text(spec.model_dump_json())
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    proc = subprocess.Popen([quant_python(), "-m", "quantserve.quantize.worker", str(spec_file)], env=env)
+    proc = subprocess.Popen([build_python(spec.runtime), "-m", "quantserve.quantize.worker", str(spec_file)],
+                            env=env)
     try:
         code = proc.wait()
     finally:
@@ -197,7 +198,7 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                     variant=variant, recipe=recipe_dict, source=str(source), out=str(tmp),
                     calibration_file=str(opts.calibration_file), samples=opts.samples, seq_len=opts.seq_len,
                     heldout_file=str(opts.heldout_file), threads=opts.threads, group_size=group_sizes[variant],
-                    reference_cache=str(reference_dir),
+                    reference_cache=str(reference_dir), runtime=recipe.runtime,
                 )
                 result = _run_worker(spec, tmp)
                 with step(f"{name}: vLLM config resolution and platform check"):
@@ -205,7 +206,8 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
                 w_bytes = weight_bytes(tmp)
                 manifest = Manifest(
                     name=name, variant=variant, method=recipe.method, scheme=recipe.scheme, bits=recipe.bits,
-                    group_size=group_sizes[variant], format=recipe.checkpoint_format, recipe=recipe_dict,
+                    group_size=group_sizes[variant], format=recipe.checkpoint_format, runtime=recipe.runtime,
+                    recipe=recipe_dict,
                     recipe_hash=rhash, source=source_info, calibration=result.calibration,
                     versions=result.versions, wall_time_s=result.wall_time_s,
                     peak_rss_bytes=result.peak_rss_bytes, weight_bytes=w_bytes,

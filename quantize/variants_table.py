@@ -19,7 +19,8 @@ def _rows(root: Path) -> list[Manifest]:
 def summary(m: Manifest) -> dict:
     q = m.quality
     return {
-        "name": m.name, "method": m.method, "scheme": m.scheme, "bits": m.bits, "group_size": m.group_size,
+        "name": m.name, "runtime": m.runtime, "method": m.method, "scheme": m.scheme, "bits": m.bits,
+        "group_size": m.group_size,
         "size_mb": round(m.weight_bytes / 1e6, 1), "size_ratio": m.size_ratio,
         "ppl": q and round(q.ppl, 2), "ppl_ratio": q and round(q.ppl_ratio, 3), "kld_mean": q and round(q.kld_mean, 4),
         "top1_agreement": q and round(q.top1_agreement, 3), "vllm_loadable": m.vllm_loadable,
@@ -37,17 +38,19 @@ def print_table(root: Path) -> None:
 
     manifests = _rows(root)
     table = Table(title=f"variants in {root}")
-    for col in ("name", "method", "bits", "size MB", "size ratio", "PPL ratio", "KLD", "top-1",
+    for col in ("name", "runtime", "method", "bits", "size MB", "size ratio", "PPL ratio", "KLD", "top-1",
                 "vLLM-loadable", "servable here"):
         table.add_column(col)
     for m in manifests:
         s = summary(m)
         fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
         table.add_row(
-            s["name"], f"{s['method']} {s['scheme']}", str(s["bits"]), f"{s['size_mb']:.1f}",
+            s["name"], s["runtime"], f"{s['method']} {s['scheme']}", str(s["bits"]),
+            f"{s['size_mb']:.1f}",
             fmt(s["size_ratio"], ".3f"), fmt(s["ppl_ratio"], ".3f"), fmt(s["kld_mean"], ".4f"),
-            fmt(s["top1_agreement"], ".3f"), {True: "yes", False: "no", None: "not checked"}[s["vllm_loadable"]],
-            {True: "yes", False: "no: ", None: "not checked: "}[s["servable_here"]]
+            fmt(s["top1_agreement"], ".3f"),
+            {True: "yes", False: "no", None: "—" if s["runtime"] != "vllm" else "not checked"}[s["vllm_loadable"]],
+            {True: "yes", False: "no: ", None: ""}[s["servable_here"]]
             + ("" if s["servable_here"] else shorten(s["servable_reason"], 90)),
         )
     console = Console(width=200)

@@ -1,5 +1,6 @@
 """Can vLLM load a variant, and can it run it on this machine? vLLM's own config resolution says the first;
-the machine probe's measured verdict for the checkpoint's format the second.
+the machine probe's measured verdict for the checkpoint's format the second (for a llama.cpp or OpenVINO
+variant only the second is asked).
 
 Runs in the serving environment (where vLLM lives): `python -m quantserve.quantize.vllm_check DIR...`
 prints one JSON object per folder.
@@ -47,6 +48,12 @@ def _here_verdict(model_dir: Path) -> tuple[bool | None, str]:
 
 
 def check(model_dir: Path) -> VllmVerdict:
+    from quantserve.checkpoint import RUNTIMES, checkpoint_runtime
+
+    runtime = checkpoint_runtime(model_dir)
+    if runtime != "vllm":  # another runtime's checkpoint: only whether that runtime runs here is asked
+        servable, why = _here_verdict(model_dir)
+        return VllmVerdict(str(model_dir), None, f"served by {RUNTIMES[runtime]}, not vLLM", servable, why)
     from vllm.engine.arg_utils import EngineArgs
 
     cfg = json.loads((model_dir / "config.json").read_text()).get("quantization_config") or {}

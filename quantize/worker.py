@@ -16,9 +16,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from quantserve.manifest import CalibrationInfo, MixedPrecision, Quality
-from quantserve.progress import step
+from quantserve.progress import say, step
 
-LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate")
+LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes", "accelerate", "xllamacpp",
+             "gguf", "openvino", "nncf", "optimum-intel")
 RESULT_NAME = ".build.json"
 
 
@@ -34,6 +35,7 @@ class BuildSpec(BaseModel):
     threads: int
     group_size: int | None
     reference_cache: str | None = None  # a folder the builds of one `quantize` call share (quality.cached_reference)
+    runtime: str = "vllm"  # the recipe's: which environment builds it (stage_env.build_python)
 
 
 class BuildResult(BaseModel):
@@ -59,14 +61,8 @@ def _measure_quality(spec: BuildSpec) -> Quality:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quantserve.checkpoint import activation_quantized_targets
     from quantserve.quantize.calibration import heldout_ids, ids_sha256
-    from quantserve.quantize.quality import (
-        cached_reference,
-        compare,
-        emulate_dynamic_int8_activations,
-        reference_logprobs,
-    )
+    from quantserve.quantize.quality import cached_reference, compare, reference_logprobs
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     seqs = heldout_ids(tokenizer, Path(spec.heldout_file))
@@ -79,17 +75,13 @@ def _measure_quality(spec: BuildSpec) -> Quality:
 
     cache = Path(spec.reference_cache) if spec.reference_cache else None
     reference = cached_reference(cache, seqs_sha, source_reference)
-    # compressed-tensors variants are dequantized once at load (the same numbers as running compressed, which
-    # would unpack every weight on every forward pass).
-    extra = {}
-    if spec.recipe["method"] != "bnb":
-        from transformers import CompressedTensorsConfig
+    method = spec.recipe["method"]
+    if method == "openvino":
+        from quantserve.quantize.build_openvino import load_for_quality
 
-        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-    variant = AutoModelForCausalLM.from_pretrained(spec.out, dtype=torch.float32, device_map="cpu", **extra).eval()
-    targets = activation_quantized_targets(Path(spec.out))
-    if targets:
-        emulate_dynamic_int8_activations(variant, None if "Linear" in targets else targets)
+        variant = load_for_quality(Path(spec.out))
+    else:
+        variant = _load_variant(spec)
     stats = compare(reference, variant, seqs)
     return Quality(
         heldout_file=Path(spec.heldout_file).name, heldout_sha256=seqs_sha, tokens=stats.tokens,
@@ -98,19 +90,58 @@ def _measure_quality(spec: BuildSpec) -> Quality:
     )
 
 
+def _load_variant(spec: BuildSpec):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantserve.checkpoint import activation_quantized_targets
+    from quantserve.quantize.quality import emulate_dynamic_int8_activations
+
+    method = spec.recipe["method"]
+    if method == "gguf":
+        from quantserve.quantize.build_gguf import GGUF_NAME
+
+        # transformers dequantizes each tensor from its GGUF type: the weights' error exactly, without the 8-bit
+        # rounding of activations that llama.cpp's quantized dot products add (README: GGUF quality)
+        return AutoModelForCausalLM.from_pretrained(spec.out, gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+    # compressed-tensors variants are dequantized once at load (the same numbers as running compressed, which
+    # would unpack every weight on every forward pass).
+    extra = {}
+    if method != "bnb":
+        from transformers import CompressedTensorsConfig
+
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    variant = AutoModelForCausalLM.from_pretrained(spec.out, dtype=torch.float32, device_map="cpu", **extra).eval()
+    targets = activation_quantized_targets(Path(spec.out))
+    if targets:
+        emulate_dynamic_int8_activations(variant, None if "Linear" in targets else targets)
+    return variant
+
+
 def run(spec: BuildSpec) -> BuildResult:
     import torch
     from transformers import AutoTokenizer
 
     from quantserve.quantize.calibration import calibration_ids, ids_sha256
-    from quantserve.quantize.recipes import BnbRecipe, parse_recipe
+    from quantserve.quantize.recipes import BnbRecipe, GgufRecipe, OpenVinoRecipe, parse_recipe
 
     torch.set_num_threads(spec.threads)
     recipe = parse_recipe(spec.recipe)
     out = Path(spec.out)
     start = time.perf_counter()
     calibration = mixed = None
-    if isinstance(recipe, BnbRecipe):
+    if isinstance(recipe, GgufRecipe):
+        from quantserve.quantize import build_gguf
+
+        with step(f"{spec.variant}: convert with llama.cpp's converter, quantize with ggml ({recipe.quant_type})"):
+            tensor_types = build_gguf.build(recipe, Path(spec.source), out, spec.threads)
+        say(f"  tensor types: {', '.join(f'{n} x{c}' for n, c in sorted(tensor_types.items()))}")
+    elif isinstance(recipe, OpenVinoRecipe):
+        from quantserve.quantize import build_openvino
+
+        with step(f"{spec.variant}: export to OpenVINO IR with NNCF {recipe.weight_format} weights (data-free)"):
+            build_openvino.build(recipe, Path(spec.source), out, spec.group_size)
+    elif isinstance(recipe, BnbRecipe):
         from quantserve.quantize import build_bnb
 
         with step(f"{spec.variant}: quantize with bitsandbytes ({recipe.scheme}) and save"):
@@ -146,6 +177,9 @@ def quiet_libraries() -> None:
         return
     os.environ["TQDM_DISABLE"] = "1"
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # NNCF prints a bit-width table and a progress bar per export, optimum-intel its export steps
+    for name in ("nncf", "optimum", "optimum.intel"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # auto-round logs its own defaults at INFO, per layer (a hub data set llm-compressor never uses, torch.compile
     # hints); it sets its logger's level from AR_LOG_LEVEL when imported.
     os.environ.setdefault("AR_LOG_LEVEL", "ERROR")

@@ -77,7 +77,8 @@ class Manifest(BaseModel):
     scheme: str
     bits: int
     group_size: int | None = None
-    format: str  # checkpoint format: compressed-tensors, bitsandbytes
+    format: str  # checkpoint format: compressed-tensors, bitsandbytes, gguf, openvino
+    runtime: str = "vllm"  # what serves it (quantserve.checkpoint.RUNTIMES); older manifests were all vLLM's
     recipe: dict[str, Any]
     recipe_hash: str  # of recipe + source sha256 + calibration: equal hash, equal variant
     source: SourceInfo

@@ -38,8 +38,8 @@ class RunOptions:
     slo: str | None = None
     min_recovery: float = DEFAULT_MIN_RECOVERY  # the recommendation's quality floor; 0 turns it off
     max_kld: float = DEFAULT_MAX_KLD
-    # models measured, the source included; one engine runs at a time
-    max_engines: int = 6
+    # models measured, the source included; one engine runs at a time (`default,runtimes` selects 10 variants)
+    max_engines: int = 12
 
 
 def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult,
@@ -131,7 +131,9 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
                 base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=opts.sweep,
                 num_requests=opts.requests_per_point, duration_s=90, warmup=1, max_tokens=opts.max_tokens,
                 slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
-                engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics",
+                # vLLM's phase histograms; llama.cpp and OpenVINO engines export no such phases
+                engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics"
+                if stack.model_info.get(stack.models[0], {}).get("runtime", "vllm") == "vllm" else None,
             ))
     except UserError as err:  # its engine failed to start: the others go on
         skipped[Path(ref).name] = str(err)

@@ -32,15 +32,26 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from quantserve.atomic import write_text
-from quantserve.checkpoint import FORMATS, checkpoint_format
+from quantserve.checkpoint import FORMATS, checkpoint_format, runtime_of_format
 from quantserve.device import Device
 from quantserve.errors import UserError
 from quantserve.machine import Machine, this_machine
 from quantserve.paths import state_dir
 from quantserve.progress import say
 
-PROBE_VERSION = 3  # bump when what a trial measures changes: older caches are then re-probed
+PROBE_VERSION = 4  # bump when what a trial measures changes: older caches are then re-probed
 CANDIDATE_DTYPES: dict[Device, tuple[str, ...]] = {"cpu": ("bfloat16", "float32"), "cuda": ("bfloat16", "float16")}
+# llama.cpp computes each tensor in its file's type (no choice to measure); OpenVINO's inference precision hint is
+# measured like vLLM's dtype. Neither runs on CUDA here (the CPU wheels only).
+RUNTIME_DTYPES: dict[str, dict[Device, tuple[str, ...]]] = {
+    "llama.cpp": {"cpu": ("gguf",), "cuda": ()},
+    "openvino": {"cpu": ("bf16", "f32"), "cuda": ()},
+}
+
+
+def candidate_dtypes(fmt: str, device: Device) -> tuple[str, ...]:
+    runtime = runtime_of_format(fmt)
+    return CANDIDATE_DTYPES[device] if runtime == "vllm" else RUNTIME_DTYPES[runtime][device]
 BATCHES = (1, 16)
 DECODE_TOKENS = 24
 TRIAL_TIMEOUT_S = 300.0
@@ -135,6 +146,8 @@ class ProbeResult(BaseModel):
         smoke test decides) in the dtype measured fastest for full precision."""
         fmt = checkpoint_format(Path(model_dir))
         v = self.verdict(fmt)
+        if v.runs is None and runtime_of_format(fmt) != "vllm":  # its runtime's own default; the smoke test decides
+            return Verdict(format=fmt, runs=None, dtype=None, reason=f"{v.reason}; tried in its runtime's default")
         if v.runs is None:
             full = self.verdict("full")
             return Verdict(format=fmt, runs=None, dtype=full.dtype,
@@ -184,15 +197,16 @@ def _probe(machine: Machine, force: bool) -> ProbeResult:
     say(f"probing this machine: {machine.summary()}")
     started = time.perf_counter()
     model, checkpoints, trials = _prepare(machine, force)
-    plan = [{"format": f, "dtype": d, "path": str(p)} for f, p in checkpoints.items()
-            for d in CANDIDATE_DTYPES[machine.device]]
+    plan = [{"format": f, "dtype": d, "path": str(p), "runtime": runtime_of_format(f)}
+            for f, p in checkpoints.items() for d in candidate_dtypes(f, machine.device)]
     placement = machine.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
     total = len(plan) + placement
     trials += run_trials(plan, machine.device, total=total)
     full = max((t for t in trials if t.format == "full" and t.runs), key=lambda t: t.score, default=None)
     if placement and full is not None:
         trials += run_trials([{"format": "full", "dtype": full.dtype, "path": str(checkpoints["full"]),
-                               "env": ALL_CORES_ENV}], machine.device, total=total, numbered_from=len(plan))
+                               "runtime": "vllm", "env": ALL_CORES_ENV}], machine.device, total=total,
+                             numbered_from=len(plan))
     order = {fmt: i for i, fmt in enumerate(FORMATS)}
     trials.sort(key=lambda t: (order.get(t.format, 99), t.dtype, bool(t.env)))
     result = ProbeResult(machine=machine, model=model, probed_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -203,33 +217,39 @@ def _probe(machine: Machine, force: bool) -> ProbeResult:
 
 
 def _prepare(machine: Machine, force: bool) -> tuple[str, dict[str, Path], list[Trial]]:
-    """The probe checkpoints (built once, in the quantization environment) and a failed trial for each format
-    whose checkpoint could not be built."""
+    """The probe checkpoints (built once, each in the environment that builds its runtime's variants) and a failed
+    trial for each format whose checkpoint could not be built."""
     from quantserve.model_fetch import DEFAULT_MODEL, ensure_default_model
-    from quantserve.stage_env import quant_python
+    from quantserve.stage_env import build_python
 
     source = ensure_default_model()
     root = state_dir() / "probe" / "checkpoints" / DEFAULT_MODEL
     checkpoints: dict[str, Path] = {"full": source}
-    missing = [f for f in FORMATS if f != "full" and (force or not (root / f / "config.json").is_file())]
+    # a checkpoint is renamed into place when complete, so a folder that exists is a whole one
+    wanted = [f for f in FORMATS if f != "full" and candidate_dtypes(f, machine.device)]
+    missing = [f for f in wanted if force or not (root / f).is_dir()]
     failed: list[Trial] = []
-    why = ""
-    if missing:
+    why: dict[str, str] = {}
+    for env in ("quant", "openvino"):
+        group = [f for f in missing if (runtime_of_format(f) == "openvino") == (env == "openvino")]
+        if not group:
+            continue
         try:
-            python = quant_python()
+            python = build_python("openvino" if env == "openvino" else "vllm")
         except UserError as err:
-            python, why = None, str(err)
-        if python is not None:
-            say(f"building probe checkpoints of {DEFAULT_MODEL}: {', '.join(missing)} (data-free, seconds each)")
-            proc = subprocess.run([python, "-m", "quantserve.quantize.probe_checkpoints", str(source), str(root),
-                                   *missing], env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            why = f"building its probe checkpoint failed (exit {proc.returncode}); its log is above"
-    for fmt in list(FORMATS)[1:]:
-        if (root / fmt / "config.json").is_file():
+            why.update(dict.fromkeys(group, str(err)))
+            continue
+        say(f"building probe checkpoints of {DEFAULT_MODEL}: {', '.join(group)} (data-free, seconds each)")
+        proc = subprocess.run([python, "-m", "quantserve.quantize.probe_checkpoints", str(source), str(root),
+                               *group], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        why.update(dict.fromkeys(group, f"building its probe checkpoint failed (exit {proc.returncode}); "
+                                        "its log is above"))
+    for fmt in wanted:
+        if (root / fmt).is_dir():
             checkpoints[fmt] = root / fmt
         else:
-            failed += [Trial(format=fmt, dtype=d, runs=False, probed=False, reason=f"not probed: {why}")
-                       for d in CANDIDATE_DTYPES[machine.device]]
+            failed += [Trial(format=fmt, dtype=d, runs=False, probed=False, reason=f"not probed: {why.get(fmt, '')}")
+                       for d in candidate_dtypes(fmt, machine.device)]
     return DEFAULT_MODEL, checkpoints, failed
 
 

@@ -1,8 +1,10 @@
 """The probe's trials, in the serving environment: `python -m quantserve.probe_trials SPEC.json RESULTS.jsonl`.
 
-Each trial starts a real vLLM engine (offline `LLM`, with its engine core in a process of its own as the
+Each vLLM trial starts a real vLLM engine (offline `LLM`, with its engine core in a process of its own as the
 OpenAI server runs it, the same eager mode and KV cache size), generates one token, then times a greedy decode
-at each batch size. One JSON line per trial goes to RESULTS as soon as it ends; the engine's own output goes to
+at each batch size. A llama.cpp or OpenVINO trial starts that runtime's engine server exactly as serving does and
+times the same decode over HTTP, the batch sent as that many requests at once (its continuous batching).
+One JSON line per trial goes to RESULTS as soon as it ends; the engine's own output goes to
 a log per trial, whose last error line is the reason a trial failed.
 """
 
@@ -13,6 +15,7 @@ import gc
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -98,6 +101,80 @@ def _trial(spec: dict, item: dict, log: Path) -> Trial:
     return trial
 
 
+def _server_trial(spec: dict, item: dict, log: Path) -> Trial:
+    """One llama.cpp / OpenVINO trial: its engine server started as serving starts it, timed over HTTP."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    trial = Trial(format=item["format"], dtype=item["dtype"], runs=False)
+    port = _free_port()
+    cmd = _server_command(item, port, max(spec["batches"]))
+    stage = "start"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        with httpx.Client(timeout=120.0, trust_env=False) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the engine exited with code {proc.returncode} before it was ready")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                if time.perf_counter() - started > 240:
+                    raise TimeoutError("the engine was not ready after 240 s")
+                time.sleep(0.2)
+            trial.start_s = round(time.perf_counter() - started, 1)
+
+            def complete(prompt: str, tokens: int) -> int:
+                reply = client.post(f"{url}/v1/completions", json={
+                    "model": "probe", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True})
+                if reply.status_code != 200:
+                    raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+                return int(reply.json()["usage"]["completion_tokens"])
+
+            stage = "smoke test"
+            if complete("Hello", 1) < 1:
+                raise RuntimeError("the one-token smoke test generated nothing")
+            stage = "timed decode"
+            for batch in spec["batches"]:
+                prompts = [_PROMPTS[i % len(_PROMPTS)] + f" ({i})" for i in range(batch)]
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(batch) as pool:
+                    tokens = sum(pool.map(lambda p: complete(p, spec["decode_tokens"]), prompts))
+                trial.tok_s[str(batch)] = round(tokens / (time.perf_counter() - t0), 2)
+        trial.runs = True
+    except Exception as err:  # any failure is a finding of the probe, not a crash of it
+        trial.reason = f"{stage} failed: {_reason(log, err)}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the timings are taken; nothing to drain
+        proc.wait(timeout=30)
+    return trial
+
+
+def _server_command(item: dict, port: int, slots: int) -> list[str]:
+    from quantserve.runtime_servers import llamacpp_command, openvino_command
+
+    if item["runtime"] == "llama.cpp":
+        return llamacpp_command(item["path"], "probe", "127.0.0.1", port, parallel=slots, threads=None,
+                                ctx_per_slot=512)
+    return openvino_command(item["path"], "probe", "127.0.0.1", port, parallel=slots, threads=None,
+                            precision=item["dtype"], kv_cache_gib=1, max_model_len=512)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main(spec_file: str, results_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -121,7 +198,7 @@ def main(spec_file: str, results_file: str) -> None:
         with open(log, "ab") as out:
             os.dup2(out.fileno(), 1)
             os.dup2(out.fileno(), 2)
-        trial = _trial(spec, item, log)
+        trial = _trial(spec, item, log) if item.get("runtime", "vllm") == "vllm" else _server_trial(spec, item, log)
         if trial.runs:
             speeds = ", ".join(f"{v:.1f} tok/s at batch {b}" for b, v in trial.tok_s.items())
             say(f"probe {n}/{spec['total']}: {what}: runs, {speeds} "

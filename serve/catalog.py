@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantserve.checkpoint import runtime_of_format
 from quantserve.device import resolve_device
 from quantserve.errors import UserError
 from quantserve.manifest import MANIFEST_NAME, Manifest, list_manifests
@@ -37,6 +38,7 @@ class HostedModel:
     origin: str = "model"  # variant | source | model | config
     required: bool = True  # False for variants found by scanning a folder: one that fails to start is skipped
     format: str | None = None  # checkpoint format (quantserve.checkpoint); None for external upstreams
+    runtime: str = "vllm"  # what its engines run (quantserve.checkpoint.RUNTIMES)
     dtype: str | None = None  # what its engines run in
     dtype_from: str | None = None  # "probe" (fastest measured here) or "config" (serve.yaml engine.dtype)
     dtype_reason: str = ""
@@ -224,10 +226,12 @@ def _add_spec(
 
 def _dtype_fields(path: str | Path, verdicts: Verdicts) -> dict[str, str | None]:
     verdict = verdicts.of(path)
-    if verdicts.explicit_dtype:
-        return {"format": verdict.format, "dtype": verdicts.explicit_dtype, "dtype_from": "config",
+    runtime = runtime_of_format(verdict.format)
+    if verdicts.explicit_dtype and runtime == "vllm":  # engine.dtype is vLLM's --dtype
+        return {"format": verdict.format, "runtime": runtime, "dtype": verdicts.explicit_dtype, "dtype_from": "config",
                 "dtype_reason": f"engine.dtype set in the serve config (the probe: {verdict.reason})"}
-    return {"format": verdict.format, "dtype": verdict.dtype, "dtype_from": "probe", "dtype_reason": verdict.reason}
+    return {"format": verdict.format, "runtime": runtime, "dtype": verdict.dtype, "dtype_from": "probe",
+            "dtype_reason": verdict.reason}
 
 
 def _hosted(name: str, path: str, config: ServeConfig, verdicts: Verdicts, origin: str,

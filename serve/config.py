@@ -52,6 +52,10 @@ class EngineSettings(BaseModel):
     restart_backoff_max_s: float = 60.0
     healthy_reset_s: float = 120.0  # an engine up this long since its last crash restarts fast again
     smoke_test: bool = True  # generate one token before an engine counts as up (catches first-forward crashes)
+    # llama.cpp and OpenVINO engines: requests decoded together (llama.cpp's slots, each with max_model_len of
+    # KV cache; OpenVINO's max_num_seqs), and compute threads (None: every core, as the probe measured them)
+    parallel_slots: int = Field(default=16, ge=1)
+    threads: int | None = Field(default=None, ge=1)
 
 
 class ModelSpec(BaseModel):

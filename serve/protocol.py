@@ -85,6 +85,10 @@ class _GenerationRequest(BaseModel):
         """What a tokens/min limit sets aside at admission, before the engine says what was used."""
         return (self.max_tokens or default) * (self.n or 1)
 
+    def choices(self) -> int:
+        """How many answers the engine generates for this request."""
+        return self.n or 1
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -125,6 +129,11 @@ class CompletionRequest(_GenerationRequest):
     best_of: Annotated[int, Field(ge=1, le=128)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
+    def choices(self) -> int:
+        batch = len(self.prompt) if self.prompt and isinstance(self.prompt, list) and \
+            not isinstance(self.prompt[0], int) else 1
+        return max(self.n or 1, self.best_of or 1) * batch
+
     def prompt_text(self) -> str:
         return (self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt))[:4000]
 
@@ -139,7 +148,8 @@ class ModelCard(BaseModel):
     owned_by: str = "quantserve"
     # quantserve's own fields (OpenAI clients keep unknown fields in `model_extra`): what the local engines run.
     # None for a model served only by external upstreams.
-    format: str | None = None  # checkpoint format: full, w8a8-int8, w4a16-int4, bnb-nf4, bnb-int8, other:...
+    runtime: str | None = None  # vllm, llama.cpp or openvino
+    format: str | None = None  # full, w8a8-int8, w4a16-int4, bnb-nf4, bnb-int8, gguf-*, ov-*, other:...
     dtype: str | None = None
     dtype_from: str | None = None  # "probe": fastest measured on this machine; "config": set in serve.yaml
 

@@ -39,6 +39,7 @@ class GatewayRuntime:
                 max_queue=overload.max_queue_per_upstream * max(1, len(urls)),
                 queue_timeout_s=overload.queue_timeout_s,
                 metrics=self.metrics,
+                runtime=self.model_info.get(name, {}).get("runtime"),
             )
             for name, urls in routes.items()
         }

@@ -30,7 +30,7 @@ from quantserve.serve.auth import Authenticator
 from quantserve.serve.errors import OpenAIError, from_upstream
 from quantserve.serve.limits import RateLimiter
 from quantserve.serve.protocol import T, parse_body
-from quantserve.serve.sse import EventSplitter, inspect_event, strip_usage_field, usage_of
+from quantserve.serve.sse import EventSplitter, inspect_event, strip_timings_field, strip_usage_field, usage_of
 from quantserve.serve.timing import OVERHEAD_HEADER, ms
 from quantserve.serve.upstream_client import UpstreamClient, UpstreamFailure, UpstreamStream
 from quantserve.serve.upstreams import ModelPool, Upstream
@@ -38,6 +38,8 @@ from quantserve.serve.upstreams import ModelPool, Upstream
 log = logging.getLogger("quantserve.serve.serving")
 
 CLIENT_CLOSED = 499  # nginx's convention, for the ledger: the client left before the answer was complete
+# Runtimes whose usage counts one answer per request (llama.cpp's server; our OpenVINO server generates one).
+ONE_CHOICE_RUNTIMES = frozenset({"llama.cpp", "openvino"})
 _R = TypeVar("_R")
 
 
@@ -51,6 +53,7 @@ class _UsageShown:
 
     final: bool = False  # stream_options.include_usage: the last chunk carries the usage
     continuous: bool = False  # stream_options.continuous_usage_stats: every chunk carries the running usage
+    strip_timings: bool = False  # llama.cpp's per-token timings were asked for by the gateway, not the client
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -101,6 +104,11 @@ class ProxyService:
                               code="model_not_found")
         rec.model = parsed.model
         rec.stream = bool(parsed.stream)
+        if pool.runtime in ONE_CHOICE_RUNTIMES and parsed.choices() > 1:
+            raise OpenAIError(400, f"model '{parsed.model}' runs on {pool.runtime}, which generates one answer per "
+                              "request here (n, best_of and a list of prompts must ask for one): its usage "
+                              "counts one answer only, so the ledger could not bill the others",
+                              param="n", code="unsupported_parameter")
         if self.log_prompts:
             rec.prompt_text = parsed.prompt_text()
         if rec.key is not None:
@@ -123,6 +131,12 @@ class ProxyService:
             options = payload.get("stream_options") or {}
             if not (shown.final and shown.continuous):
                 payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
+                body = json.dumps(payload).encode()
+            if pool.runtime == "llama.cpp" and not payload.get("timings_per_token"):
+                # llama.cpp has no continuous usage; its running timings (prompt_n + cache_n, predicted_n) on every
+                # token chunk bill a stream the client cuts short, and are removed from what the client sees
+                shown = _UsageShown(shown.final, shown.continuous, strip_timings=True)
+                payload["timings_per_token"] = True
                 body = json.dumps(payload).encode()
         watcher = _DisconnectWatcher(request)
         try:
@@ -317,6 +331,10 @@ class _StreamRelay:
                         self.last_usage_event = event
                         if not self.shown.continuous:
                             event = strip_usage_field(event)
+                    if self.shown.strip_timings and info.carries_timings:
+                        if info.has_choices:
+                            self.last_usage_event = event
+                        event = strip_timings_field(event)
                     if info.is_data and rec.ttft_s is None:
                         rec.ttft_s = time.perf_counter() - rec.started
                     yield event + b"\n\n"

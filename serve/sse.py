@@ -40,6 +40,8 @@ class EventSplitter:
 _TOKEN = re.compile(rb'"(?:content|text)":\s*"[^"]')
 # The usage object vLLM adds to every chunk under continuous_usage_stats (flat, or with one nested details object).
 USAGE_FIELD = re.compile(rb',\s*"usage":\s*(?:null|\{(?:[^{}]|\{[^{}]*\})*\})')
+# llama.cpp's flat timings object (prompt_n, cache_n, predicted_n, ...), on chunks under timings_per_token.
+TIMINGS_FIELD = re.compile(rb',\s*"timings":\s*\{[^{}]*\}')
 
 
 @dataclass
@@ -52,6 +54,7 @@ class EventInfo:
     has_choices: bool
     has_token: bool  # carries generated text
     carries_usage: bool  # a usage object is in it (every chunk, under continuous_usage_stats)
+    carries_timings: bool = False  # llama.cpp's running timings (every token chunk, under timings_per_token)
 
 
 def inspect_event(event: bytes) -> EventInfo:
@@ -80,18 +83,32 @@ def inspect_event(event: bytes) -> EventInfo:
             elif payload.get("object") == "error":  # vLLM's older flat form: {"object": "error", "code": 400, ...}
                 error = payload
     has_token = has_choices and _TOKEN.search(event) is not None
-    return EventInfo(True, False, usage, usage_only, error, has_choices, has_token, carries_usage)
+    return EventInfo(True, False, usage, usage_only, error, has_choices, has_token, carries_usage,
+                     b'"timings":{' in event or b'"timings": {' in event)
 
 
 def usage_of(event: bytes) -> dict[str, Any] | None:
-    """The usage object of one event, decoded (for the last token chunk of a stream the client cut short)."""
+    """The usage object of one event, decoded (for the last token chunk of a stream the client cut short); from
+    llama.cpp's running timings where the event has no usage (prompt tokens are the evaluated plus the cached)."""
     try:
         payload = json.loads(event[5:])
     except ValueError:
         return None
-    found = payload.get("usage") if isinstance(payload, dict) else None
-    return found if isinstance(found, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    found = payload.get("usage")
+    if isinstance(found, dict):
+        return found
+    timings = payload.get("timings")
+    if isinstance(timings, dict) and "predicted_n" in timings:
+        return {"prompt_tokens": int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0),
+                "completion_tokens": int(timings.get("predicted_n") or 0)}
+    return None
 
 
 def strip_usage_field(event: bytes) -> bytes:
     return USAGE_FIELD.sub(b"", event, count=1)
+
+
+def strip_timings_field(event: bytes) -> bytes:
+    return TIMINGS_FIELD.sub(b"", event, count=1)

@@ -107,7 +107,8 @@ class ServeStack:
             m.name: [e.url for e in self.engines.for_model(m.name)] + list(m.upstreams)
             for m in self.catalog.models
         }
-        self.model_info = {m.name: {"format": m.format, "dtype": m.dtype, "dtype_from": m.dtype_from}
+        self.model_info = {m.name: {"runtime": m.runtime, "format": m.format, "dtype": m.dtype,
+                                    "dtype_from": m.dtype_from}
                            for m in self.catalog.models if m.path is not None}
         try:
             if self.gateway_mode == "process":

@@ -43,8 +43,10 @@ class ModelPool:
         max_queue: int,
         queue_timeout_s: float,
         metrics: GatewayMetrics | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.name = name
+        self.runtime = runtime  # what its local engines run (vllm, llama.cpp, openvino); None: external servers
         self.upstreams = upstreams
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s

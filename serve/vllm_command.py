@@ -1,4 +1,5 @@
-"""The one place that renders a vLLM OpenAI server's command line and environment.
+"""The one place that renders an engine's command line and environment: vLLM's OpenAI server, or for a llama.cpp
+or OpenVINO variant that runtime's server (`engine_llamacpp.py`, `engine_openvino.py` hold their command lines).
 
 Local engines run it as is; `deploy/k8s` engine manifests are checked against `vllm_args` by the deploy tests.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantserve.device import Device
+from quantserve.runtime_servers import ENGINE_KEY_ENV, llamacpp_command, openvino_command
 from quantserve.serve.catalog import HostedModel
 from quantserve.serve.config import EngineSettings
 from quantserve.serve.processes import allocate_ports
@@ -52,6 +54,7 @@ class EngineSpec:
     api_key: str | None = field(default=None, repr=False)  # VLLM_API_KEY: /v1 answers only who sends it
     command_override: list[str] | None = None  # a stand-in process, for supervision tests without vLLM
     env_override: dict[str, str] = field(default_factory=dict)
+    runtime: str = "vllm"  # quantserve.checkpoint.RUNTIMES
 
     @property
     def host(self) -> str:
@@ -63,7 +66,10 @@ class EngineSpec:
 
     @property
     def vllm_dtype(self) -> str:
-        """The --dtype the engine is started with: the catalog's (probe or serve.yaml), else vLLM's "auto"."""
+        """The --dtype the engine is started with: the catalog's (probe or serve.yaml), else vLLM's "auto".
+        llama.cpp runs each tensor in its file's own type; OpenVINO takes the probe's inference precision."""
+        if self.runtime == "llama.cpp":
+            return "gguf"
         return self.dtype or self.settings.dtype or "auto"
 
     @property
@@ -74,6 +80,13 @@ class EngineSpec:
         if self.command_override is not None:
             return list(self.command_override)
         s = self.settings
+        if self.runtime == "llama.cpp":
+            return llamacpp_command(self.model, self.name, self.host, self.port, parallel=s.parallel_slots,
+                                    threads=s.threads, ctx_per_slot=s.max_model_len)
+        if self.runtime == "openvino":
+            return openvino_command(
+                self.model, self.name, self.host, self.port, parallel=s.parallel_slots, threads=s.threads,
+                precision=self.vllm_dtype, kv_cache_gib=s.kv_cache_space_gib, max_model_len=s.max_model_len)
         args = vllm_args(
             self.model, self.name, self.host, self.port, s.max_model_len,
             dtype=self.vllm_dtype,
@@ -94,7 +107,7 @@ class EngineSpec:
         env.update(self.env_override)
         if self.api_key:
             # the environment, not --api-key: a command line is readable by every local user in `ps`
-            env["VLLM_API_KEY"] = self.api_key
+            env["VLLM_API_KEY" if self.runtime == "vllm" else ENGINE_KEY_ENV] = self.api_key
         return env
 
     def auth_headers(self) -> dict[str, str]:
@@ -119,6 +132,7 @@ def build_engine_specs(
             replica=replica,
             dtype=m.dtype,
             api_key=api_key,
+            runtime=m.runtime,
         )
         for (m, replica), port in zip(wanted, ports, strict=True)
     ]

@@ -86,4 +86,5 @@ def machine_probe() -> dict:
 FORMAT_OF_VARIANT = {"gptq-w4a16": "w4a16-int4", "awq-w4a16": "w4a16-int4", "autoround-w4a16": "w4a16-int4",
                      "mixed-w4a16-w8a8": "w4a16-int4",
                      "w8a8-int8": "w8a8-int8", "sparse24-w8a8": "w8a8-int8", "bnb-nf4": "bnb-nf4",
-                     "bnb-int8": "bnb-int8"}
+                     "bnb-int8": "bnb-int8", "gguf-q8_0": "gguf-q8_0", "gguf-q4_k_m": "gguf-q4_k_m",
+                     "gguf-q4_0": "gguf-q4_0", "ov-int8": "ov-int8", "ov-int4": "ov-int4"}

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import httpx
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -158,3 +165,69 @@ def cases(seed: int, count: int, model: str) -> list[FuzzCase]:
 def _short(value: object) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} chars)"
+
+
+SEED = 20261201
+COUNT = 320
+
+
+def _error_events(body: str) -> list[dict]:
+    events = []
+    for line in body.splitlines():
+        if line.startswith("data: ") and '"error"' in line:
+            try:
+                payload = json.loads(line[6:])
+            except ValueError:
+                continue
+            events.append(payload.get("error", payload) if isinstance(payload, dict) else {})
+    return events
+
+
+def check_fuzz(http: Callable[[], httpx.Client], model: str, seed: int = SEED, count: int = COUNT) -> Counter[int]:
+    """Send the seeded hostile bodies to `model` through the gateway (8 at a time) while watching its readiness;
+    fail on any 5xx, any 4xx that is not an OpenAI error body, any error event >= 500 mid-stream, or the model
+    marked down. Returns the status counts, for the caller to check the fuzz reached the engine."""
+    fuzz = cases(seed, count, model)
+    assert sum(c.endpoint == CHAT for c in fuzz) > count // 4
+    assert sum(c.endpoint == COMPLETIONS for c in fuzz) > count // 4
+    assert sum(c.stream for c in fuzz) > count // 8
+    down_seen: list[dict] = []
+    stop = threading.Event()
+
+    def watch_readiness() -> None:
+        with http() as client:
+            while not stop.is_set():
+                models = client.get("/ready").json()["models"]
+                if models[model]["healthy_upstreams"] < 1:
+                    down_seen.append(models)
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_readiness)
+    watcher.start()
+    failures: list[str] = []
+    statuses: Counter[int] = Counter()
+    try:
+        with http() as client:
+            def send(case: FuzzCase) -> tuple[FuzzCase, httpx.Response]:
+                return case, client.post(case.endpoint, content=case.body, headers={"content-type": case.content_type})
+
+            with ThreadPoolExecutor(8) as pool:
+                for case, reply in pool.map(send, fuzz):
+                    statuses[reply.status_code] += 1
+                    where = f"{case.endpoint} [{case.what}] -> {reply.status_code}: {reply.text[:200]}"
+                    if reply.status_code >= 500:
+                        failures.append(where)
+                    elif reply.status_code >= 400:
+                        error = reply.json().get("error")
+                        if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
+                            failures.append(f"not an OpenAI error body: {where}")
+                    elif case.stream:
+                        failures += [f"error event >= 500 mid-stream: {where}" for e in _error_events(reply.text)
+                                     if isinstance(e.get("code"), int) and e["code"] >= 500]
+    finally:
+        stop.set()
+        watcher.join()
+    print(f"\nfuzz of {model}: {count} bodies, statuses {dict(sorted(statuses.items()))}")
+    assert not failures, "\n".join(failures[:20])
+    assert not down_seen, f"{model} was marked down during the fuzz: {down_seen[0]}"
+    return statuses

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a 
 
 VARIANTS = ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8", "sparse24-w8a8",
             "bnb-nf4", "bnb-int8"]
+# served by llama.cpp and OpenVINO: the file each runtime loads
+RUNTIME_VARIANTS = {"gguf-q8_0": "model.gguf", "gguf-q4_k_m": "model.gguf", "gguf-q4_0": "model.gguf",
+                    "ov-int8": "openvino_model.xml", "ov-int4": "openvino_model.xml"}
 PRUNED = {"sparse24-w8a8"}  # half its weights removed without retraining: far from the source on purpose
 
 
@@ -38,10 +41,11 @@ def test_model_fetch_is_cached_and_answers_paris(default_model, cli):
 def test_every_variant_is_published_with_a_manifest(variants_dir):
     out, proc = variants_dir
     manifests = _manifests(out)
-    assert sorted(manifests) == sorted(VARIANTS)
+    assert sorted(manifests) == sorted([*VARIANTS, *RUNTIME_VARIANTS])
     for m in manifests.values():
         folder = out / m.name
-        assert (folder / "config.json").is_file()
+        assert (folder / RUNTIME_VARIANTS.get(m.variant, "config.json")).is_file()
+        assert m.runtime == {"gguf": "llama.cpp", "openvino": "openvino"}.get(m.format, "vllm")
         assert m.files == file_hashes(folder)  # hashes describe exactly what is on disk
         assert m.source.note == GRID_NOTE
         assert m.wall_time_s > 0 and m.peak_rss_bytes > 100 << 20
@@ -61,9 +65,10 @@ def test_calibrated_variants_record_their_calibration_and_group_size(variants_di
 
 def test_sizes_and_quality_are_in_range(variants_dir):
     manifests = _manifests(variants_dir[0])
-    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "bnb-nf4"):
+    for name in ("gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "bnb-nf4", "gguf-q4_0",
+                 "gguf-q4_k_m", "ov-int4"):
         assert manifests[name].size_ratio <= 0.45, name  # the 16-bit tied embedding is ~21% of the model
-    for name in ("w8a8-int8", "sparse24-w8a8", "bnb-int8"):
+    for name in ("w8a8-int8", "sparse24-w8a8", "bnb-int8", "gguf-q8_0", "ov-int8"):
         assert 0.5 < manifests[name].size_ratio < 0.7, name
     for m in manifests.values():
         if m.variant in PRUNED:
@@ -76,6 +81,9 @@ def test_sizes_and_quality_are_in_range(variants_dir):
     # 8-bit must be closer to the source than 4-bit
     assert manifests["w8a8-int8"].quality.kld_mean < manifests["gptq-w4a16"].quality.kld_mean
     assert manifests["bnb-int8"].quality.kld_mean < manifests["bnb-nf4"].quality.kld_mean
+    assert manifests["gguf-q8_0"].quality.kld_mean < manifests["gguf-q4_k_m"].quality.kld_mean \
+        < manifests["gguf-q4_0"].quality.kld_mean  # SmolLM2's Q4_K_M is mostly Q5_0 (rows of 576)
+    assert manifests["ov-int8"].quality.kld_mean < manifests["ov-int4"].quality.kld_mean
     # AutoRound's tuned zero points reach the checkpoint (llm-compressor 0.14.0.1 drops them unpatched: KLD ~1.1)
     assert manifests["autoround-w4a16"].quality.kld_mean < 2 * manifests["gptq-w4a16"].quality.kld_mean
     # pruning costs quality on top of the same INT8 grid
@@ -124,7 +132,10 @@ def test_sparse_variant_keeps_two_of_every_four_weights_zero(variants_dir):
 def test_vllm_verdicts_follow_this_machines_probe(variants_dir, machine_probe):
     manifests = _manifests(variants_dir[0])
     for name, m in manifests.items():
-        assert m.vllm_loadable is True, m.vllm_loadable_reason  # bitsandbytes too, through vllm-bnb-plugin
+        if name in RUNTIME_VARIANTS:  # not vLLM's to load; whether its own runtime runs here is the probe's word
+            assert m.vllm_loadable is None and m.vllm_loadable_reason.startswith("served by ")
+        else:
+            assert m.vllm_loadable is True, m.vllm_loadable_reason  # bitsandbytes too, through vllm-bnb-plugin
         verdict = machine_probe["verdicts"][FORMAT_OF_VARIANT[name]]
         assert m.servable_here is verdict["runs"], (name, m.servable_reason)
         assert m.servable_reason.startswith(verdict["reason"]) and "[probed on " in m.servable_reason
@@ -168,7 +179,22 @@ def test_variants_list_shows_numbers_and_reasons(variants_dir, machine_probe):
     proc = run_cli("variants", "list", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"].removeprefix("smollm2-135m-instruct-"): r for r in json.loads(proc.stdout)}
-    assert set(rows) == set(VARIANTS)
+    assert set(rows) == {*VARIANTS, *RUNTIME_VARIANTS}
+    assert rows["gguf-q4_k_m"]["runtime"] == "llama.cpp" and rows["ov-int4"]["runtime"] == "openvino"
     nf4 = machine_probe["verdicts"]["bnb-nf4"]
     assert rows["bnb-nf4"]["servable_here"] is nf4["runs"] and nf4["reason"] in rows["bnb-nf4"]["servable_reason"]
     assert rows["w8a8-int8"]["kld_mean"] is not None
+
+
+def test_gguf_files_carry_llama_cpp_types_and_the_tokenizer(variants_dir):
+    from gguf import GGUFReader
+
+    out = variants_dir[0]
+    expected = (("gguf-q8_0", 7, "Q8_0"), ("gguf-q4_k_m", 15, "Q5_0"), ("gguf-q4_0", 2, "Q4_0"))
+    for variant, file_type, main_type in expected:
+        reader = GGUFReader(out / f"smollm2-135m-instruct-{variant}" / "model.gguf")
+        assert int(reader.get_field("general.file_type").contents()) == file_type
+        assert reader.get_field("tokenizer.chat_template") is not None  # llama.cpp applies it to chat requests
+        types = [t.tensor_type.name for t in reader.tensors if t.name.startswith("blk.") and t.name.endswith(
+            "attn_q.weight")]
+        assert set(types) == {main_type}, (variant, set(types))  # Q4_K falls back to Q5_0 on rows of 576

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 from quantserve import probe as probe_mod
-from quantserve.checkpoint import FORMATS
+from quantserve.checkpoint import FORMATS, runtime_of_format
 from quantserve.machine import ISA_FLAGS
 from quantserve.probe import ALL_CORES_ENV, ProbeResult, Trial, cache_path, cached, table_rows
 from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
 
+VLLM_FORMATS = [f for f in FORMATS if runtime_of_format(f) == "vllm"]
+
 
 def test_the_fastest_running_dtype_is_chosen_per_format():
-    assert {f: AVX2_LIKE.verdict(f).dtype for f in FORMATS} == {
+    assert {f: AVX2_LIKE.verdict(f).dtype for f in VLLM_FORMATS} == {
         "full": "float32", "w8a8-int8": "float32", "w4a16-int4": None, "bnb-nf4": "bfloat16", "bnb-int8": "bfloat16"}
-    assert {f: AMX_LIKE.verdict(f).dtype for f in FORMATS} == dict.fromkeys(FORMATS, "bfloat16")
+    assert {f: AMX_LIKE.verdict(f).dtype for f in VLLM_FORMATS} == dict.fromkeys(VLLM_FORMATS, "bfloat16")
 
 
 def test_a_format_that_runs_in_no_dtype_is_refused_with_every_reason():
@@ -18,7 +20,7 @@ def test_a_format_that_runs_in_no_dtype_is_refused_with_every_reason():
     assert verdict.runs is False and verdict.dtype is None
     assert "W4A16 INT4 does not run on this machine" in verdict.reason
     assert verdict.reason.count(NO_INT4) == 2 and "bfloat16:" in verdict.reason and "float32:" in verdict.reason
-    assert [f for f in FORMATS if AVX2_LIKE.verdict(f).runs] == ["full", "w8a8-int8", "bnb-nf4", "bnb-int8"]
+    assert [f for f in VLLM_FORMATS if AVX2_LIKE.verdict(f).runs] == ["full", "w8a8-int8", "bnb-nf4", "bnb-int8"]
 
 
 def test_the_verdict_explains_the_choice_with_the_measured_speeds():
@@ -153,3 +155,21 @@ def test_engines_compute_on_all_cores_only_where_that_measured_clearly_faster():
     assert _with_all_cores(AMX_LIKE, (99.0, 999.0), dtype="float32").engine_env == {}
     rows = [r for r in table_rows(faster) if r["format"] == "full precision"]
     assert [r["dtype"] for r in rows] == ["bfloat16 *", "float32", "bfloat16, all cores"]
+
+
+def test_other_runtimes_are_probed_in_their_own_precisions_and_judged_like_vllms(tmp_path):
+    from quantserve.probe import candidate_dtypes
+
+    assert candidate_dtypes("gguf-q4_k_m", "cpu") == ("gguf",)  # llama.cpp: each tensor in its file's type
+    assert candidate_dtypes("ov-int4", "cpu") == ("bf16", "f32")  # OpenVINO's inference precision hint
+    assert candidate_dtypes("full", "cpu") == ("bfloat16", "float32")
+    assert candidate_dtypes("ov-int4", "cuda") == ()  # the CPU wheels only: not probed on a GPU machine
+    result = probe_result({"full": {"bfloat16": (30.0, 300.0)}, "gguf-q4_k_m": {"gguf": (90.0, 150.0)},
+                           "ov-int4": {"bf16": (40.0, 200.0), "f32": (45.0, 260.0)}})
+    assert result.verdict("ov-int4").dtype == "f32" and "OpenVINO INT4 runs here" in result.verdict("ov-int4").reason
+    assert result.verdict("gguf-q4_k_m").runs is True
+    ov = tmp_path / "ov"
+    ov.mkdir()
+    (ov / "openvino_model.xml").write_text("<net/>")
+    unmeasured = result.verdict_for(ov)  # no weights marker: a format the probe never measured
+    assert unmeasured.runs is None and unmeasured.dtype is None  # its runtime's default, not vLLM's bf16

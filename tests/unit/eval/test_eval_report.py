@@ -108,8 +108,8 @@ def test_markdown_starts_with_the_summary_table_and_carries_the_grid_note(run: P
     md = (run / "report.md").read_text()
     first_section = md.split("\n## ")[1]
     assert first_section.startswith("Summary")
-    header = ("| variant | bits | size MB | size ratio | PPL ratio | KLD | top-1 | task acc | recovery | "
-              "TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | output tok/s | $/1M tok | servable here |")
+    header = ("| variant | runtime / format | bits | size MB | size ratio | PPL ratio | KLD | top-1 | task acc | "
+              "recovery | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | output tok/s | $/1M tok | servable here |")
     assert header in first_section
     gptq_line = next(line for line in first_section.splitlines() if line.startswith(f"| {GPTQ} |"))
     q = make_report(run).variant(GPTQ).quality

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from quantserve.checkpoint import activation_quantized_targets, checkpoint_format, weight_bits
 
@@ -54,3 +55,37 @@ def test_full_precision_bitsandbytes_and_unknown_methods(tmp_path):
     assert checkpoint_format(_write(tmp_path / "i8", {"quant_method": "bitsandbytes",
                                                       "load_in_8bit": True})) == "bnb-int8"
     assert checkpoint_format(_write(tmp_path / "fp8", {"quant_method": "fp8"})) == "other:fp8"
+
+
+def _gguf(path: Path, file_type: int) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path.mkdir(parents=True)
+    writer = GGUFWriter(path / "model.gguf", arch="llama")
+    writer.add_file_type(file_type)
+    writer.add_tensor("output_norm.weight", np.ones(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_and_openvino_folders_name_their_runtime_and_format(tmp_path):
+    from quantserve.checkpoint import FORMAT_RUNTIME, OPENVINO_WEIGHTS, checkpoint_runtime, runtime_of_format
+
+    q8, q4km = _gguf(tmp_path / "q8", 7), _gguf(tmp_path / "q4km", 15)
+    assert (checkpoint_format(q8), checkpoint_format(q4km)) == ("gguf-q8_0", "gguf-q4_k_m")
+    assert checkpoint_format(_gguf(tmp_path / "q5", 8)) == "other:gguf-ftype-8"
+    assert checkpoint_runtime(q8) == "llama.cpp" and checkpoint_runtime(q8 / "model.gguf") == "llama.cpp"
+    ov = tmp_path / "ov"
+    ov.mkdir()
+    (ov / "openvino_model.xml").write_text("<net/>")
+    (ov / "config.json").write_text('{"model_type": "llama"}')  # optimum keeps the HF config beside the IR
+    assert checkpoint_format(ov) == "other:openvino-unknown"
+    (ov / OPENVINO_WEIGHTS).write_text('{"bits": 4, "group_size": 64}')
+    assert checkpoint_format(ov) == "ov-int4" and checkpoint_runtime(ov) == "openvino"
+    assert checkpoint_runtime(_write(tmp_path / "hf", None)) == "vllm"
+    assert all(runtime_of_format(f) == r for f, r in FORMAT_RUNTIME.items())
+    assert runtime_of_format("w4a16-int4") == "vllm" and runtime_of_format("other:gguf-ftype-8") == "llama.cpp"

@@ -20,7 +20,8 @@ from quantserve.quantize.recipes import (
 def test_variant_list_has_typed_recipes_and_the_default_leaves_out_the_opt_in_ones():
     variants = load_variants()
     assert list(variants) == ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8",
-                              "sparse24-w8a8", "bnb-nf4", "bnb-int8"]
+                              "sparse24-w8a8", "bnb-nf4", "bnb-int8", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0",
+                              "ov-int8", "ov-int4"]
     assert list(select_variants("default")) == ["gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-nf4", "bnb-int8"]
     assert list(select_variants("all")) == list(variants)
     assert list(select_variants("sparse24-w8a8")) == ["sparse24-w8a8"]  # an opt-in one is built when named
@@ -62,3 +63,18 @@ def test_opt_in_is_a_selection_not_part_of_the_recipe_hash():
 def test_a_bad_mask_structure_is_rejected():
     with pytest.raises(ValueError):
         parse_recipe({"method": "sparsegpt-w8a8", "scheme": "W8A8", "bits": 8, "mask_structure": "half"})
+
+
+def test_runtime_groups_select_the_other_runtimes_variants():
+    assert list(select_variants("llama.cpp")) == ["gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0"]
+    assert list(select_variants("openvino")) == ["ov-int8", "ov-int4"]
+    both = list(select_variants("default,runtimes"))
+    assert both == [*select_variants("default"), "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0", "ov-int8", "ov-int4"]
+    assert list(select_variants("bnb-nf4,default")) == ["bnb-nf4", "gptq-w4a16", "awq-w4a16", "w8a8-int8", "bnb-int8"]
+    variants = load_variants()
+    assert {n: variants[n].runtime for n in both if variants[n].runtime != "vllm"} == {
+        "gguf-q8_0": "llama.cpp", "gguf-q4_k_m": "llama.cpp", "gguf-q4_0": "llama.cpp", "ov-int8": "openvino",
+        "ov-int4": "openvino"}
+    assert all(variants[n].opt_in for n in select_variants("runtimes"))  # make run's default stays vLLM's
+    with pytest.raises(UserError, match="or a group: all, default, runtimes"):
+        select_variants("llamacpp")

@@ -79,7 +79,9 @@ def create_fake_app(state: FakeState) -> FastAPI:
             return JSONResponse({"id": "fake-1", "object": kind, "created": int(time.time()), "model": model,
                                  "choices": [choice], "usage": usage})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        continuous = include_usage and bool(body["stream_options"].get("continuous_usage_stats"))
+        # llama.cpp's server has no continuous usage; timings_per_token puts its running counts on every chunk
+        llama_timings = bool(body.get("timings_per_token"))
+        continuous = include_usage and bool(body["stream_options"].get("continuous_usage_stats")) and not llama_timings
 
         async def events() -> Any:
             try:
@@ -102,6 +104,9 @@ def create_fake_app(state: FakeState) -> FastAPI:
                     if continuous:  # vLLM's continuous_usage_stats: the running usage on every chunk
                         chunk["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
                                           "total_tokens": PROMPT_TOKENS + i + 1}
+                    if llama_timings:  # llama.cpp: evaluated and cached prompt tokens, tokens predicted so far
+                        chunk["timings"] = {"cache_n": 3, "prompt_n": PROMPT_TOKENS - 3, "prompt_ms": 1.5,
+                                            "predicted_n": i + 1, "predicted_ms": 2.0}
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
                 if include_usage:
                     yield f"data: {json.dumps({'id': 'fake-1', 'choices': [], 'usage': usage})}\n\n".encode()
