@@ -18,7 +18,7 @@ def collect(root: Path) -> dict:
     for _, m in list_manifests(root):
         q = m.quality
         rows.append({
-            "name": m.name, "variant": m.variant, "bits": m.bits, "group_size": m.group_size,
+            "name": m.name, "variant": m.variant, "runtime": m.runtime, "bits": m.bits, "group_size": m.group_size,
             "wall_time_s": m.wall_time_s, "peak_rss_mb": round(m.peak_rss_bytes / 2**20, 1),
             "weight_mb": round(m.weight_bytes / 1e6, 1), "size_ratio": m.size_ratio,
             "size_ratio_target": INT4_SIZE_RATIO_TARGET if m.bits == 4 else None,
