@@ -100,6 +100,10 @@ class Engine:
                 config.rng_seed = seed
         else:
             config.do_sample = False
+        try:
+            config.validate()  # openvino-genai's own check, here rather than as a failed step
+        except Exception as err:
+            raise ValueError(str(err).strip().splitlines()[-1][:300]) from None
         request = _Request(next(self._ids), ids, int(ids.shape[1]), config, asyncio.get_running_loop())
         with self._wake:
             self._pending.append(request)
@@ -120,47 +124,62 @@ class Engine:
     # --- the stepping thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        running = self.genai.GenerationStatus.RUNNING
         while True:
-            with self._wake:
-                while not self._stop and not self._pending and not self._active:
-                    self._wake.wait()
-                if self._stop:
+            try:
+                if not self._iteration():
                     return
-                new, self._pending = self._pending, []
-            for request in new:
-                if request.cancelled:
-                    request.put(("done", "cancelled"))
-                    continue
+            except Exception as err:  # never let the stepping thread die: its requests fail, later ones run
+                for request in [*self._active.values()]:
+                    request.put(("error", f"the engine failed: {type(err).__name__}"))
+                self._active.clear()
+
+    def _iteration(self) -> bool:
+        """One round: admit, cancel, step, hand out tokens. False when the engine is stopping."""
+        running = self.genai.GenerationStatus.RUNNING
+        with self._wake:
+            while not self._stop and not self._pending and not self._active:
+                self._wake.wait()
+            if self._stop:
+                return False
+            new, self._pending = self._pending, []
+        for request in new:
+            if request.cancelled:
+                request.put(("done", "cancelled"))
+                continue
+            try:
                 request.handle = self.pipe.add_request(request.id, request.prompt_ids, request.config)
-                self._active[request.id] = request
-                self.counters["requests"] += 1
-                self.counters["prompt_tokens"] += request.prompt_tokens
-            for request in list(self._active.values()):
-                if request.cancelled:
-                    request.handle.cancel()
-                    self._finish(request, "cancelled")
-            self.counters["running"] = len(self._active)
-            if self.pipe.has_non_finished_requests():
-                try:
-                    self.pipe.step()
-                except Exception as err:  # a failed step fails its requests, not the server
-                    for request in list(self._active.values()):
-                        request.put(("error", f"the engine failed: {type(err).__name__}"))
-                        self._active.pop(request.id, None)
-                    continue
-            for request in list(self._active.values()):
-                reason = None
-                while request.handle.can_read():
-                    for output in request.handle.read().values():
-                        self.counters["generation_tokens"] += len(output.generated_ids)
-                        request.token_ids.extend(output.generated_ids)
-                        reason = _finish_reason(self.genai, output.finish_reason) or reason
-                self._emit(request)
-                status = request.handle.get_status()
-                if reason or status != running:
-                    self._finish(request, reason or ("length" if status == self.genai.GenerationStatus.FINISHED
-                                                     else "error"))
+            except Exception as err:
+                request.put(("error", f"the engine refused the request: {type(err).__name__}"))
+                continue
+            self._active[request.id] = request
+            self.counters["requests"] += 1
+            self.counters["prompt_tokens"] += request.prompt_tokens
+        for request in list(self._active.values()):
+            if request.cancelled:
+                request.handle.cancel()
+                self._finish(request, "cancelled")
+        self.counters["running"] = len(self._active)
+        if self.pipe.has_non_finished_requests():
+            try:
+                self.pipe.step()
+            except Exception as err:  # a failed step fails its requests, not the server
+                for request in list(self._active.values()):
+                    request.put(("error", f"the engine failed: {type(err).__name__}"))
+                    self._active.pop(request.id, None)
+                return True
+        for request in list(self._active.values()):
+            reason = None
+            while request.handle.can_read():
+                for output in request.handle.read().values():
+                    self.counters["generation_tokens"] += len(output.generated_ids)
+                    request.token_ids.extend(output.generated_ids)
+                    reason = _finish_reason(self.genai, output.finish_reason) or reason
+            self._emit(request)
+            status = request.handle.get_status()
+            if reason or status != running:
+                self._finish(request, reason or ("length" if status == self.genai.GenerationStatus.FINISHED
+                                                 else "error"))
+        return True
 
     def _emit(self, request: _Request) -> None:
         if not request.token_ids:
@@ -235,15 +254,20 @@ def create_app(engine: Engine, name: str, key: str | None, max_model_len: int):
         else:
             ids = await asyncio.to_thread(engine.encode_text, body["prompt"])
         prompt_tokens = int(ids.shape[1])
+        if prompt_tokens == 0:
+            return error(400, "the prompt is empty", param="messages" if chat else "prompt")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or (max_model_len - prompt_tokens)
         if prompt_tokens + max_tokens > max_model_len:
             return error(400, f"This model's maximum context length is {max_model_len} tokens; the prompt has "
                          f"{prompt_tokens} and max_tokens asks for {max_tokens}", param="max_tokens",
                          code="context_length_exceeded")
         stop = body.get("stop") or []
-        job = engine.submit(ids, int(max_tokens), float(body.get("temperature") or 0.0),
-                            float(body.get("top_p") if body.get("top_p") is not None else 1.0), body.get("seed"),
-                            bool(body.get("ignore_eos")), [stop] if isinstance(stop, str) else list(stop))
+        try:
+            job = engine.submit(ids, int(max_tokens), float(body.get("temperature") or 0.0),
+                                float(body.get("top_p") if body.get("top_p") is not None else 1.0), body.get("seed"),
+                                bool(body.get("ignore_eos")), [stop] if isinstance(stop, str) else list(stop))
+        except ValueError as err:
+            return error(400, f"invalid generation parameters: {err}")
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if body.get("stream"):
             options = body.get("stream_options") or {}

