@@ -13,7 +13,7 @@ from quantserve.checkpoint import FORMATS
 from quantserve.errors import UserError
 from quantserve.model_fetch import DEFAULT_MODEL
 from quantserve.paths import state_dir
-from quantserve.probe import CANDIDATE_DTYPES, ProbeResult
+from quantserve.probe import ProbeResult, candidate_dtypes
 from quantserve.serve.config import build_config
 from quantserve.serve.stack import ServeStack
 
@@ -22,8 +22,10 @@ pytestmark = pytest.mark.serve
 
 def test_probe_tries_every_format_in_every_candidate_dtype(machine_probe):
     result = ProbeResult.model_validate(machine_probe)
-    dtypes = CANDIDATE_DTYPES[result.machine.device]
-    assert {(t.format, t.dtype) for t in result.trials} == {(f, d) for f in FORMATS for d in dtypes}
+    device = result.machine.device
+    # vLLM's formats in its dtypes, llama.cpp's in their file types, OpenVINO's in its precisions (CPU only)
+    planned = {(f, d) for f in FORMATS for d in candidate_dtypes(f, device)}
+    assert {(t.format, t.dtype) for t in result.trials} == planned
     for t in result.trials:
         if t.runs:
             assert set(t.tok_s) == {"1", "16"} and all(v > 0 for v in t.tok_s.values()), t
@@ -45,8 +47,10 @@ def test_serving_picks_the_fastest_dtype_the_probe_measured(machine_probe):
 def test_probe_prints_a_table_and_reuses_its_cache(cli, machine_probe):
     proc = cli("probe")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for label in FORMATS.values():
-        assert label in proc.stdout
+    device = ProbeResult.model_validate(machine_probe).machine.device
+    for fmt, label in FORMATS.items():
+        if candidate_dtypes(fmt, device):  # llama.cpp's and OpenVINO's CPU wheels are not probed on a GPU
+            assert label in proc.stdout
     assert "*" in proc.stdout and "cached:" in proc.stdout
     assert "probe 1/" not in proc.stderr  # cached: no engine was started again
 
@@ -64,7 +68,8 @@ def test_bitsandbytes_nf4_through_the_gateway_in_the_probes_dtype(machine_probe,
         client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0, timeout=120,
                                http_client=httpx.Client(trust_env=False))
         (card,) = client.models.list().data
-        assert card.model_extra == {"format": "bnb-nf4", "dtype": verdict["dtype"], "dtype_from": "probe"}
+        assert card.model_extra == {"runtime": "vllm", "format": "bnb-nf4", "dtype": verdict["dtype"],
+                                    "dtype_from": "probe"}
         reply = client.chat.completions.create(
             model=card.id, messages=[{"role": "user", "content": "What is the capital of France?"}],
             max_tokens=12, temperature=0)
