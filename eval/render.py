@@ -109,9 +109,12 @@ def time_intro(report: Report) -> str:
         worst = max(report.noise["rows"], key=lambda r: abs(r["drift"]))
         noise = (f" Noise: the source, measured again at the end, moved by up to {abs(worst['drift']):.1%} "
                  f"({worst['figure']} at {worst['point']}).")
+    others = [v.name for v in report.variants if v.runtime not in (None, "vllm") and v.latency is not None]
+    missing = (f" {', '.join(others)} ran on other runtimes, whose engines export no such phases: not in this "
+               "table." if others else "")
     return (f"{how}. Queue, prefill and decode are vLLM's own per-request histograms over the load point; gateway "
             f"is quantserve's own time per request. Decode vs bandwidth = weight bytes read per output token × "
-            f"output tok/s ÷ {bandwidth}: near 100% decode is bound by memory bandwidth.{noise}")
+            f"output tok/s ÷ {bandwidth}: near 100% decode is bound by memory bandwidth.{missing}{noise}")
 
 
 def to_markdown(report: Report) -> str:

@@ -38,8 +38,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Embedded default name, HF id, or local folder."),
         variants: str = typer.Option(_DEFAULTS.variants, "--variants", "-v",
-                                     help="Comma list from quantize/variants.yaml, 'default' (all but the "
-                                          "opt-in ones) or 'all': " + ", ".join(
+                                     help="Comma list of names from quantize/variants.yaml and groups: "
+                                          "'default' (all but the opt-in ones), 'all', a runtime ('vllm', "
+                                          "'llama.cpp', 'openvino') or 'runtimes' (all but vLLM's): " + ", ".join(
                                               f"{n}{' (opt-in)' if r.opt_in else ''}"
                                               for n, r in load_variants().items()) + "."),
         out: Path = typer.Option(_DEFAULTS.out, "--out", "-o", help="Folder that receives one folder per variant."),

@@ -39,8 +39,10 @@ _RUN = RunOptions()  # the run command's defaults are RunOptions' own
 @app.command("run")
 def run_all(
     model: str = typer.Option(_RUN.model, "--model", "-m", help="Source model (default: embedded)."),
-    variants: str = typer.Option(_RUN.variants, help="Variants to build: comma list, 'default' (all but the opt-in "
-                                                             "ones in quantize/variants.yaml) or 'all'."),
+    variants: str = typer.Option(_RUN.variants, help="Variants to build: comma list of names and groups, 'default' "
+                                                             "(all but the opt-in ones in quantize/variants.yaml), "
+                                                             "'all', 'runtimes' (llama.cpp's and OpenVINO's) or a "
+                                                             "runtime; e.g. default,runtimes."),
     variants_dir: str = typer.Option(str(_RUN.variants_dir), help="Where variant folders go."),
     runs_dir: str = typer.Option(str(_RUN.runs_dir), help="Where run folders (and the runs/latest link) go."),
     max_tokens: int = typer.Option(_RUN.max_tokens, min=1, help="Completion tokens per load-test request."),

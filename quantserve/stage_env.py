@@ -25,30 +25,26 @@ def _has(module: str) -> bool:
         return False
 
 
-def quant_python() -> str:
-    explicit = os.environ.get("QUANTSERVE_QUANT_PYTHON")
+def _stage_python(env_var: str, modules: tuple[str, ...], venv: str, what: str) -> str:
+    """$env_var, else this Python when it has `modules`, else the repo's `venv`; a UserError naming them if none."""
+    explicit = os.environ.get(env_var)
     if explicit:
         return explicit
-    if _has("llmcompressor") and _has("bitsandbytes"):
+    if all(_has(m) for m in modules):
         return sys.executable
-    candidate = REPO_ROOT / ".venv-quant" / "bin" / "python"
+    candidate = REPO_ROOT / venv / "bin" / "python"
     if candidate.exists():
         return str(candidate)
-    raise UserError("the quantization libraries are not installed here: run `make install` "
-                    "(or set QUANTSERVE_QUANT_PYTHON to a Python that has llmcompressor and bitsandbytes)")
+    raise UserError(f"the {what} libraries are not installed here: run `make install` (or set {env_var} to a "
+                    f"Python that has {' and '.join(modules)})")
+
+
+def quant_python() -> str:
+    return _stage_python("QUANTSERVE_QUANT_PYTHON", ("llmcompressor", "bitsandbytes"), ".venv-quant", "quantization")
 
 
 def openvino_python() -> str:
-    explicit = os.environ.get("QUANTSERVE_OPENVINO_PYTHON")
-    if explicit:
-        return explicit
-    if _has("optimum.intel") and _has("nncf"):
-        return sys.executable
-    candidate = REPO_ROOT / ".venv-ov" / "bin" / "python"
-    if candidate.exists():
-        return str(candidate)
-    raise UserError("the OpenVINO export libraries are not installed here: run `make install` "
-                    "(or set QUANTSERVE_OPENVINO_PYTHON to a Python that has optimum-intel and nncf)")
+    return _stage_python("QUANTSERVE_OPENVINO_PYTHON", ("optimum.intel", "nncf"), ".venv-ov", "OpenVINO export")
 
 
 def build_python(runtime: str) -> str:
