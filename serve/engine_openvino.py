@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -73,7 +74,6 @@ class Engine:
         self._pending: list[_Request] = []
         self._active: dict[int, _Request] = {}
         self._wake = threading.Condition()
-        self._stop = False
         self.counters = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "running": 0}
         self._thread = threading.Thread(target=self._run, name="openvino-steps", daemon=True)
         self._thread.start()
@@ -115,32 +115,23 @@ class Engine:
         with self._wake:
             self._wake.notify()
 
-    def stop(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
-
     # --- the stepping thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             try:
-                if not self._iteration():
-                    return
+                self._iteration()
             except Exception as err:  # never let the stepping thread die: its requests fail, later ones run
                 for request in [*self._active.values()]:
                     request.put(("error", f"the engine failed: {type(err).__name__}"))
                 self._active.clear()
 
-    def _iteration(self) -> bool:
-        """One round: admit, cancel, step, hand out tokens. False when the engine is stopping."""
+    def _iteration(self) -> None:
+        """One round: admit, cancel, step, hand out tokens."""
         running = self.genai.GenerationStatus.RUNNING
         with self._wake:
-            while not self._stop and not self._pending and not self._active:
+            while not self._pending and not self._active:
                 self._wake.wait()
-            if self._stop:
-                return False
             new, self._pending = self._pending, []
         for request in new:
             if request.cancelled:
@@ -166,7 +157,7 @@ class Engine:
                 for request in list(self._active.values()):
                     request.put(("error", f"the engine failed: {type(err).__name__}"))
                     self._active.pop(request.id, None)
-                return True
+                return
         for request in list(self._active.values()):
             reason = None
             while request.handle.can_read():
@@ -179,7 +170,6 @@ class Engine:
             if reason or status != running:
                 self._finish(request, reason or ("length" if status == self.genai.GenerationStatus.FINISHED
                                                  else "error"))
-        return True
 
     def _emit(self, request: _Request) -> None:
         if not request.token_ids:
@@ -419,7 +409,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     finally:
-        engine.stop()
+        sys.stdout.flush()
+        # uvicorn has stopped (SIGTERM): nothing is left to hand out, and tearing the pipeline down at interpreter
+        # exit was seen to hang in a futex wait, so the process ends here
+        os._exit(0)
 
 
 if __name__ == "__main__":
