@@ -21,7 +21,8 @@ def test_models_lists_the_served_model_with_the_probes_dtype(live, machine_probe
     cards = live.client().models.list().data
     assert [m.id for m in cards] == live.stack.models == [live.model]
     full = machine_probe["verdicts"]["full"]
-    assert cards[0].model_extra == {"format": "full", "dtype": full["dtype"], "dtype_from": "probe"}
+    assert cards[0].model_extra == {"runtime": "vllm", "format": "full", "dtype": full["dtype"],
+                                    "dtype_from": "probe"}
 
 
 def test_chat(live):
