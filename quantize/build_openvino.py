@@ -8,6 +8,9 @@ nor llm-compressor's environment can take.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import warnings
 from pathlib import Path
 
 from quantserve.checkpoint import OPENVINO_WEIGHTS
@@ -20,6 +23,11 @@ def build(recipe: OpenVinoRecipe, source: Path, out: Path, group_size: int | Non
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
     from transformers import AutoTokenizer
 
+    if os.environ.get("QUANTSERVE_VERBOSE") != "1":
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)  # its bit-width table; set after import (nncf resets it when imported)
+        warnings.filterwarnings("ignore")  # torch.jit tracer warnings on every traced branch of the export
     if recipe.weight_format == "int4":
         config = OVWeightQuantizationConfig(bits=4, sym=recipe.symmetric, group_size=group_size or -1,
                                             ratio=recipe.ratio)

@@ -32,6 +32,10 @@ def params(args: argparse.Namespace, key: str | None):
     p.cont_batching = True
     p.n_ctx = args.ctx_per_slot * args.parallel  # the KV cache is split evenly between the slots
     p.fit_params = False  # else llama.cpp may resize the context to what it guesses fits in memory
+    # every request in flight holds one of llama.cpp's HTTP threads while it waits for its slot; with its default
+    # (slots + 2) a busy engine left none for /health, and the gateway took it for dead (tasks at 32 in flight got
+    # 503s): room for the gateway's 64 in flight per engine, and more
+    p.n_threads_http = 4 * args.parallel + 8
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
     p.model_alias = {args.name}

@@ -160,3 +160,31 @@ def test_hostile_bodies_get_4xx_and_never_take_the_engine_down(live_rt):
     reply = live_rt.client().chat.completions.create(model=live_rt.model, max_tokens=4,
                                                      messages=[{"role": "user", "content": "Say hi."}])
     assert reply.usage.completion_tokens >= 1
+
+
+def test_a_busy_engine_stays_up(live_rt):
+    """48 requests at once (the eval's task pass sends 32): the engine's /health must still answer the gateway in
+    time. Before, llama.cpp's HTTP threads were all held by waiting requests and OpenVINO's step held the GIL, the
+    gateway took each for dead and the task pass got 503s."""
+    import concurrent.futures
+
+    client = live_rt.client()
+    down: list[dict] = []
+
+    def ask(i: int) -> int:
+        reply = client.chat.completions.create(
+            model=live_rt.model, max_tokens=24, temperature=0,
+            messages=[{"role": "system", "content": "You answer support questions in one short sentence. " * 20},
+                      {"role": "user", "content": f"Question {i}: where is my order?"}])
+        return reply.usage.completion_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(48) as pool, live_rt.http() as http:
+        futures = [pool.submit(ask, i) for i in range(48)]
+        while not all(f.done() for f in futures):
+            ready = http.get("/ready", params={"model": live_rt.model}).json()["models"][live_rt.model]
+            if ready["healthy_upstreams"] < 1:
+                down.append(ready)
+            time.sleep(0.1)
+        results = [f.result() for f in futures]
+    assert all(r > 0 for r in results)
+    assert not down, f"the engine was marked down under load: {down[0]}"
