@@ -134,7 +134,11 @@ class ServeConfig(BaseSettings):
     http: Literal["auto", "h11", "httptools"] = "auto"
     max_body_bytes: int = 1_048_576
     upstream_timeout_s: float = 600.0  # longest silence allowed between two bytes from an engine
-    health_interval_s: float = 1.0
+    health_interval_s: float = Field(default=1.0, gt=0)
+    # a /health that times out may be a busy engine (OpenVINO's step and vLLM's scheduler hold the GIL a while
+    # under load), so only this many timeouts in a row take it out; a refused connection or a non-200 does at once
+    health_timeout_s: float = Field(default=5.0, gt=0)
+    health_timeouts_down: int = Field(default=3, ge=1)
     key_cache_ttl_s: float = 5.0  # how long a verified key is trusted before the database is asked again
     default_rpm: int | None = None  # for keys created without --rpm; None: unlimited
     default_tpm: int | None = None

@@ -67,7 +67,8 @@ class GatewayRuntime:
                                   self.config.max_body_bytes, self.config.log_prompts,
                                   self.config.reserve_tokens_default)
         await self.ledger.start()
-        self.health = HealthMonitor(self.pools, self.client, self.config.health_interval_s)
+        self.health = HealthMonitor(self.pools, self.client, self.config.health_interval_s,
+                                    self.config.health_timeout_s, self.config.health_timeouts_down)
         await self.health.start()
         self._loop = asyncio.get_running_loop()
 

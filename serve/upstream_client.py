@@ -16,6 +16,7 @@ from typing import Literal
 import aiohttp
 
 FailureKind = Literal["refused", "dropped", "timeout"]
+HealthAnswer = Literal["up", "down", "timeout"]  # down: refused, dropped or not 200; timeout: no answer in time
 
 
 class UpstreamFailure(Exception):
@@ -106,13 +107,13 @@ class UpstreamClient:
             raise _failure(err) from None
         return UpstreamStream(response)
 
-    async def health(self, url: str, timeout_s: float) -> bool:
+    async def health(self, url: str, timeout_s: float) -> HealthAnswer:
         try:
             async with self._get_session().get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 await response.read()
-                return response.status == 200
-        except _FAILURES:
-            return False
+                return "up" if response.status == 200 else "down"
+        except _FAILURES as err:
+            return "timeout" if _failure(err).kind == "timeout" else "down"
 
     async def close(self) -> None:
         if self._session is not None:

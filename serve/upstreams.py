@@ -27,6 +27,7 @@ class Upstream:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.healthy = False
+        self.health_timeouts = 0  # /health timeouts in a row
 
     def has_room(self) -> bool:
         return self.healthy and self.in_flight < self.max_in_flight
@@ -161,12 +162,20 @@ class ModelPool:
 
 
 class HealthMonitor:
-    """Polls each upstream's /health. Requests also report failures at once through ModelPool.set_health."""
+    """Polls each upstream's /health. Requests also report failures at once through ModelPool.set_health.
 
-    def __init__(self, pools: dict[str, ModelPool], client: UpstreamClient, interval_s: float) -> None:
+    A refused connection or a non-200 answer takes an upstream out at once; a timeout only when `timeouts_down`
+    come in a row, because an engine busy with a full batch can answer /health late (on a slow CPU, OpenVINO's
+    batched step held the GIL past a 1.5 s timeout with 48 requests in flight) and taking it out would turn a busy
+    engine into 503s for every client. A hung engine still goes out, after about timeouts_down x timeout_s."""
+
+    def __init__(self, pools: dict[str, ModelPool], client: UpstreamClient, interval_s: float,
+                 timeout_s: float = 5.0, timeouts_down: int = 3) -> None:
         self.pools = pools
         self.client = client
         self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.timeouts_down = timeouts_down
         self._task: asyncio.Task[None] | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}  # on-demand checks in flight, by upstream URL
         for pool in pools.values():
@@ -196,8 +205,16 @@ class HealthMonitor:
         await asyncio.gather(*checks)
 
     async def _check(self, pool: ModelPool, upstream: Upstream) -> None:
-        healthy = await self.client.health(f"{upstream.base_url}/health", timeout_s=min(5.0, self.interval_s * 3))
-        pool.set_health(upstream, healthy)
+        answer = await self.client.health(f"{upstream.base_url}/health", timeout_s=self.timeout_s)
+        if answer == "timeout":
+            upstream.health_timeouts += 1
+            if upstream.health_timeouts < self.timeouts_down:
+                log.info("%s upstream %s: /health timed out (%d in a row); kept in while it may be busy",
+                         pool.name, upstream.base_url, upstream.health_timeouts)
+                return
+        else:
+            upstream.health_timeouts = 0
+        pool.set_health(upstream, answer == "up")
 
     async def start(self) -> None:
         await self.poll_once()

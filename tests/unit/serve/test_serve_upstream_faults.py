@@ -32,6 +32,8 @@ class RawUpstream:
     drop_second_post_once: bool = False  # the 2nd POST on a kept-alive connection: closed without an answer
     drop_every_post: bool = False
     healthy: bool = True
+    health_delay_s: float = 0.0  # /health answers this late: a busy engine
+    health_gets: int = 0
     port: int = field(default_factory=free_port)
     posts: int = 0
     dropped: int = 0
@@ -79,6 +81,8 @@ class RawUpstream:
                     buffer += conn.recv(65536)
                 buffer = buffer[length:]
                 if head.startswith(b"GET /health"):
+                    self.health_gets += 1
+                    time.sleep(self.health_delay_s)
                     status = b"200 OK" if self.healthy else b"503 Service Unavailable"
                     conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\n{}")
                     continue
@@ -131,6 +135,38 @@ def test_a_failing_request_does_not_mark_an_engine_down_that_answers_health(make
         raw_upstream.healthy = False  # now /health agrees: down at the next failure, without a poll
         client.post("/v1/chat/completions", json=chat_body())
         assert wait_until(lambda: ready_upstreams(client) == 0, timeout=2)
+
+
+def test_a_busy_engine_that_answers_health_late_stays_in(make_gateway, raw_upstream):
+    # Before: one /health slower than its timeout took the engine out, and a busy OpenVINO engine (its batched
+    # step holds the GIL) turned into 503s for every client of the model in CI.
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=0.1, health_timeout_s=0.3,
+                      health_timeouts_down=3)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        raw_upstream.health_delay_s = 0.5  # every poll times out from now on...
+        gets = raw_upstream.health_gets
+        assert wait_until(lambda: raw_upstream.health_gets >= gets + 2, timeout=3)
+        assert ready_upstreams(client) == 1  # ...but two in a row are not enough
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        raw_upstream.health_delay_s = 0.0  # it answers again: the count starts over
+        assert wait_until(lambda: raw_upstream.health_gets >= gets + 5, timeout=5)
+        raw_upstream.health_delay_s = 0.5
+        gets = raw_upstream.health_gets
+        assert wait_until(lambda: raw_upstream.health_gets >= gets + 2, timeout=3)
+        assert ready_upstreams(client) == 1
+
+
+def test_an_engine_silent_on_health_goes_out_after_the_timeouts_in_a_row(make_gateway, raw_upstream):
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=0.1, health_timeout_s=0.2,
+                      health_timeouts_down=3)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        raw_upstream.health_delay_s = 5.0  # hung
+        assert wait_until(lambda: ready_upstreams(client) == 0, timeout=4)
+        assert raw_upstream.health_gets >= 3
+        reply = client.post("/v1/chat/completions", json=chat_body())
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_unavailable"
 
 
 def test_the_supervisors_word_marks_an_engine_down_at_once(make_gateway, fake_upstream):
