@@ -2,7 +2,10 @@
 
 Rule: keep the variants that were measured, fit the memory budget, meet the SLO at some load
 point and pass the quality floor; among those pick the lowest $/1M output tokens at the variant's
-best SLO-meeting point (on one machine: the highest SLO-meeting throughput).
+best SLO-meeting point (on one machine: the highest SLO-meeting throughput). Costs within the machine's
+measured speed noise of the cheapest (the source measured twice in one run) are a tie the run cannot order,
+resolved by the smallest weights: so two runs of one machine make the same pick unless a cost gap exceeds the
+noise.
 
 Quality floor: the lower end of task recovery's 95% interval must reach --min-recovery (0.95), so a
 variant passes only when the task set shows it close to the source, not merely fails to show it worse;
@@ -103,21 +106,46 @@ def _plan_sentence(row: VariantRow, vram_plan: dict[str, Any]) -> str:
             f"{vram_plan['concurrency']} sequences, which {where}.")
 
 
-def _close_calls(point: PointRow, others: list[tuple[VariantRow, PointRow]], speed_noise: float | None) -> list[str]:
-    """A sentence for each runner-up whose cost per token is within the machine's measured speed noise of the
-    winner's: on such a machine the order of the two may flip on the next run."""
-    if not speed_noise or not point.cost:
-        return []
-    ties = []
-    for row, p in others:
-        if p.cost:
-            ratio = p.cost.usd_per_1m_output_tokens / point.cost.usd_per_1m_output_tokens
-            if ratio - 1 <= speed_noise:
-                ties.append(f"{row.name} costs {ratio:.2f}× as much per token, inside this machine's noise (the "
-                            f"source's output tok/s moved {speed_noise:.0%} between its two runs): this run does "
-                            "not rank the two; more requests per point (`quantserve eval` defaults to 100) or a "
-                            "quieter machine would.")
-    return ties
+def _relative_cost(point: PointRow) -> float:
+    """$ per 1M output tokens; where no price is known, the inverse of its throughput ranks the same way."""
+    if point.cost:
+        return point.cost.usd_per_1m_output_tokens
+    tok_s = point.throughput.output_tok_s if point.throughput else 0.0
+    return 1.0 / tok_s if tok_s else float("inf")
+
+
+def within_noise(passing: list[tuple[VariantRow, PointRow]], speed_noise: float | None
+                 ) -> list[tuple[VariantRow, PointRow]]:
+    """The cheapest qualifying variant and every other whose cost per token is within the machine's measured speed
+    noise of it, cheapest first: a run cannot order these, so the next run may order them the other way."""
+    ranked = sorted(passing, key=lambda rp: _rank_key(*rp))
+    cheapest = ranked[0][1]
+    floor = _relative_cost(cheapest)
+
+    def tolerance(point: PointRow) -> float:  # the drift, or the two throughputs' own intervals if wider
+        return max(speed_noise or 0.0, _relative_ci(cheapest) + _relative_ci(point))
+
+    return [rp for rp in ranked if _relative_cost(rp[1]) <= floor * (1 + tolerance(rp[1]))]
+
+
+def _relative_ci(point: PointRow) -> float:
+    """Half the 95% interval of the point's output tok/s over its value (0 where none was computed)."""
+    t = point.throughput
+    return t.output_tok_s_ci.half_width / t.output_tok_s if t and t.output_tok_s_ci and t.output_tok_s else 0.0
+
+
+def pick(passing: list[tuple[VariantRow, PointRow]], speed_noise: float | None
+         ) -> tuple[tuple[VariantRow, PointRow], list[tuple[VariantRow, PointRow]]]:
+    """The decision rule: the cheapest per token; where others are within the speed noise of it (a tie on cost),
+    the smallest weights among them, then the best task recovery. Weights are measured without noise, so a tie
+    resolves the same way on every run; and smaller weights leave more memory for the KV cache, or fit a smaller
+    card, at a cost this run cannot tell apart. Returns the pick and the tied set (one entry: no tie)."""
+    tied = within_noise(passing, speed_noise)
+    if len(tied) == 1:
+        return tied[0], tied
+    winner = min(tied, key=lambda rp: (rp[0].size_bytes if rp[0].size_bytes is not None else float("inf"),
+                                       -(rp[0].quality.recovery or 0.0), _rank_key(*rp)))
+    return winner, tied
 
 
 def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min_recovery: float | None,
@@ -144,53 +172,73 @@ def recommend(rows: list[VariantRow], slo: Slo, max_memory_gb: float | None, min
         else:
             rejected[row.name] = why or "no usable load point"
     rejected_text = "; ".join(f"{name}: {why}" for name, why in rejected.items())
-    head = f"Constraints: {', '.join(asked)}. {len(passing)} of {len(rows)} variants qualify."
+    head = f"Constraints: {', '.join(asked)}; {len(passing)} of {len(rows)} variants qualify."
     # A variant ruled out for another reason is still named when it is also below the floor: an unmeasured
     # variant may be one not worth measuring. One ruled out by the floor is already named above.
     below = [f"{name} ({v.reason})" for name, v in floors.items()
              if v.passed is False and not rejected.get(name, "").startswith(FLOOR_REJECTION)]
     quality = f" Also below the quality floor: {'; '.join(below)}." if below else ""
     if not passing:
+        summary = [f"{head} No variant meets every constraint, so none is recommended.",
+                   f"Why each fails: {rejected_text}.{quality}", "Relax the tightest constraint or measure at "
+                   "lower load."]
         return Recommendation(variant=None, constraints=constraints, rejected=rejected, quality_floor=floors,
-                              reasoning=(f"{head} No variant meets every constraint, so none is recommended. "
-                                         f"Why each fails: {rejected_text}.{quality} Relax the tightest "
-                                         "constraint or measure at lower load."))
-    winner, point = min(passing, key=lambda rp: _rank_key(*rp))
+                              summary=summary, reasoning=" ".join(summary))
+    (winner, point), tied = pick(passing, speed_noise)
     source = next((r for r in rows if r.is_source), None)
-    lat = point.latency
-    ttft, tpot = (lat.ttft_ms, lat.tpot_ms) if lat else (None, None)
-    ttft99 = _fmt(ttft.p99, '.0f', ' ms') if ttft and ttft.p99 is not None else (
-        f"n too small (n={ttft.n})" if ttft else "n/a")
-    tpot50 = _fmt(tpot.p50 if tpot else None, '.1f', ' ms')
-    text = [head, "Rule: among those, the lowest $ per 1M output tokens at each variant's best SLO-meeting "
-            "load point (on one machine this is the highest SLO-meeting throughput)."]
     served_on = f" (on {winner.runtime})" if winner.runtime else ""
-    speed = (f"{winner.name}{served_on} is recommended: at {point.point} it sustains "
-             f"{_fmt(point.throughput.output_tok_s if point.throughput else None, '.1f')} output tok/s "
-             f"(TTFT p99 {ttft99}, TPOT p50 {tpot50})")
+    if len(tied) > 1:
+        noise = f"{speed_noise:.0%}" if speed_noise else "0%"
+        others = ", ".join(f"{r.name} {_relative_cost(p) / _relative_cost(point):.2f}×" for r, p in tied
+                           if r is not winner)
+        why = (f"tied on cost with {others} per token, inside this machine's speed noise ({noise}: the "
+               "source's output tok/s moved that much between its two runs), and the smallest weights of them")
+    else:
+        why = "the lowest cost per output token of the variants that meet every constraint"
+        if len(passing) > 1 and speed_noise:
+            why += f", by more than this machine's speed noise ({speed_noise:.0%})"
+    summary = [f"{winner.name}{served_on} is recommended: {why}."]
+    tok_s = point.throughput.output_tok_s if point.throughput else None
+    cost = f"{_fmt(tok_s, '.1f')} output tok/s at {point.point}"
     if point.cost:
-        speed += (f", ${point.cost.usd_per_1m_output_tokens:.3g} per 1M output tokens on "
-                  f"{hardware_label or point.cost.price_row}")
+        cost = (f"${point.cost.usd_per_1m_output_tokens:.3g} per 1M output tokens on "
+                f"{hardware_label or point.cost.price_row} ({cost}")
         src_point = best_point(source, slo) if source and source is not winner else None
         if src_point and src_point.cost:
             ratio = point.cost.usd_per_1m_output_tokens / src_point.cost.usd_per_1m_output_tokens
-            speed += f" ({ratio:.2f}× the source's ${src_point.cost.usd_per_1m_output_tokens:.3g})"
-    text.append(speed + ".")
+            cost += f"; {ratio:.2f}× the source's ${src_point.cost.usd_per_1m_output_tokens:.3g}"
+        cost += ")"
+    summary.append(f"Cost: {cost}.")
+    lat = point.latency
+    ttft, tpot = (lat.ttft_ms, lat.tpot_ms) if lat else (None, None)
+
+    def p99(dist: Any) -> str:
+        if dist is None:
+            return "n/a"
+        return _fmt(dist.p99, '.0f', ' ms') if dist.p99 is not None else f"not backed (n={dist.n})"
+
+    summary.append(f"Latency at {point.point}: TTFT p99 {p99(ttft)}, TPOT p99 {p99(tpot)}; 100 ms target: "
+                   f"{winner.target_100ms or 'not judged'}.")
     q = winner.quality
     size = f"{winner.size_bytes / 1e6:.0f} MB" if winner.size_bytes else "unknown size"
     acc = _fmt(q.task_accuracy, '.2f') + (f" ± {q.task_accuracy_ci.half_width:.2f}" if q.task_accuracy_ci else "")
     rec = _fmt(q.recovery, '.2f') + (f" ± {q.recovery_ci.half_width:.2f}" if q.recovery_ci else "")
     paired = (f", McNemar p {q.paired_p_value:.2g} against the source"
               if q.paired_p_value is not None and not winner.is_source else "")
-    text.append(f"Weights: {size} ({_fmt(winner.size_ratio, '.2f', '× the source')}); quality: PPL ratio "
-                f"{_fmt(q.ppl_ratio, '.3f')}, KLD {_fmt(q.kld_mean, '.4f')}, top-1 agreement "
-                f"{_fmt(q.top1_agreement, '.3f')}, task accuracy {acc}, recovery {rec}{paired}; quality floor: "
-                f"{floors[winner.name].reason}.")
+    summary.append(f"Weights {size} ({_fmt(winner.size_ratio, '.2f', '× the source')}); quality: task recovery "
+                   f"{rec}, accuracy {acc}{paired}, KLD {_fmt(q.kld_mean, '.4f')}, top-1 agreement "
+                   f"{_fmt(q.top1_agreement, '.3f')}, PPL ratio {_fmt(q.ppl_ratio, '.3f')}; floor: "
+                   f"{floors[winner.name].reason}.")
+    summary.append(f"{head} Rule: the lowest $ per 1M output tokens at each one's best SLO-meeting load point; "
+                   "variants within the machine's speed noise of the cheapest are a tie, resolved by the smallest "
+                   "weights.")
     if rejected:
-        text.append(f"Not chosen: {rejected_text}.{quality}")
-    others = [(r, p) for r, p in passing if r is not winner]
-    if others:
-        text.append(f"Also qualifying but costlier per token: {', '.join(r.name for r, _ in others)}.")
-    text += _close_calls(point, others, speed_noise)
+        summary.append(f"Not chosen: {rejected_text}.{quality}")
+    costlier = [r.name for r, _ in passing if all(r is not t for t, _ in tied)]
+    if costlier:
+        summary.append(f"Also qualifying but costlier per token beyond the noise: {', '.join(costlier)}.")
+    if plan := _plan_sentence(winner, vram_plan).strip():
+        summary.append(plan)
     return Recommendation(variant=winner.name, constraints=constraints, rejected=rejected, quality_floor=floors,
-                          reasoning=" ".join(text) + _plan_sentence(winner, vram_plan))
+                          tied_with=[r.name for r, _ in tied if r is not winner], summary=summary,
+                          reasoning=" ".join(summary), why=why, cost=cost)

@@ -27,6 +27,10 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.86em}th,td{border:1px so
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em;margin:.6em 0}
 .rec{background:#eef6ee;border-left:4px solid #2e7d32;padding:.6em .9em}img{max-width:100%}
+.rec ul{margin:.3em 0;padding-left:1.2em}.rec li{margin:.25em 0}
+.card{border:2px solid #2e7d32;border-radius:8px;padding:.8em 1.1em;margin:1em 0;background:#f7fbf7}
+.card h2{margin:.1em 0 .4em;font-size:1.35em}.card dl{display:grid;grid-template-columns:11em 1fr;gap:.35em .8em;
+margin:0}.card dt{font-weight:600;color:#2e5a30}.card dd{margin:0}.card.none{border-color:#b26a00;background:#fffaf2}
 code{background:#f3f3f3;padding:0 .2em}
 """
 
@@ -118,7 +122,9 @@ def time_intro(report: Report) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    out = ["# quantserve eval report", "", _context(report), ""]
+    title, items = answer_card(report)
+    out = ["# quantserve eval report", "", f"## {title}", "", *(f"- **{k}:** {v}" for k, v in items), "",
+           _context(report), ""]
     for _, heading, blocks in _sections(report):
         out += [f"## {heading}", ""]
         for block in blocks:
@@ -129,12 +135,38 @@ def to_markdown(report: Report) -> str:
                     out += [f"> **Quality note:** {report.quality_note}", ""]
             elif block == "!rec":
                 rec = report.recommendation
-                out += [f"**Recommended: {rec.variant or 'none'}**", "", rec.reasoning, ""]
+                out += [f"**Recommended: {rec.variant or 'none'}**", "",
+                        *(f"- {point}" for point in rec.summary or [rec.reasoning]), ""]
             elif block.startswith("!plot:"):
                 out += [f"*Plot: {PLOTS[block[6:]][0]} (see report.html)*", ""]
             else:
                 out += [block, ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def answer_card(report: Report) -> tuple[str, list[tuple[str, str]]]:
+    """The answer a reader came for, above the detail: the pick, why, what it costs, the 100 ms verdict."""
+    rec = report.recommendation
+    if rec.variant is None:
+        return "No variant is recommended", [("Why", rec.summary[0] if rec.summary else rec.reasoning)]
+    row = next((v for v in report.variants if v.name == rec.variant), None)
+    fmt = f"{row.runtime or 'vllm'} / {row.scheme or row.method or ('bf16 source' if row.is_source else '?')}" \
+        if row else "?"
+    q = row.quality if row else None
+    quality = "n/a"
+    if q is not None and q.recovery is not None:
+        ci = f" (95% CI {q.recovery_ci.low:.2f}–{q.recovery_ci.high:.2f})" if q.recovery_ci else ""
+        quality = f"task recovery {q.recovery:.2f}{ci} against the source"
+    elif row is not None and row.is_source:
+        quality = "the source itself (the quality baseline)"
+    if report.quality_note:
+        quality += "; the default source already sits on a 4-bit grid, so quality losses read small"
+    items = [("Runtime / format", fmt), ("Why", rec.why or ""), ("Cost", rec.cost or "n/a"),
+             ("Under 100 ms?", row.target_100ms if row and row.target_100ms else "not judged"),
+             ("Quality", quality)]
+    if rec.tied_with:
+        items.append(("Tied on cost", ", ".join(rec.tied_with)))
+    return f"Recommended: {rec.variant}", items
 
 
 def _inline_md(text: str) -> str:
@@ -146,7 +178,12 @@ def _inline_md(text: str) -> str:
 
 
 def to_html(report: Report, plots: dict[str, str]) -> str:
-    body = ["<h1>quantserve eval report</h1>", f"<p>{_inline_md(_context(report))}</p>"]
+    title, items = answer_card(report)
+    card = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
+    body = ["<h1>quantserve eval report</h1>",
+            f'<section class="card{"" if report.recommendation.variant else " none"}" id="answer">'
+            f"<h2>{html.escape(title)}</h2><dl>{card}</dl></section>",
+            f"<p>{_inline_md(_context(report))}</p>"]
     for anchor, heading, blocks in _sections(report):
         body.append(f'<h2 id="{anchor}">{html.escape(heading)}</h2>')
         for block in blocks:
@@ -159,8 +196,8 @@ def to_html(report: Report, plots: dict[str, str]) -> str:
             elif block == "!rec":
                 rec = report.recommendation
                 name = html.escape(rec.variant or "none")
-                body.append(f'<div class="rec"><p><b>Recommended: {name}</b></p>'
-                            f"<p>{html.escape(rec.reasoning)}</p></div>")
+                points = "".join(f"<li>{html.escape(p)}</li>" for p in rec.summary or [rec.reasoning])
+                body.append(f'<div class="rec"><p><b>Recommended: {name}</b></p><ul>{points}</ul></div>')
             elif block.startswith("!plot:"):
                 name = block[6:]
                 title = html.escape(PLOTS[name][0])

@@ -102,6 +102,26 @@ def target_sentence(points: list[PointRow]) -> str | None:
     return f"missed at the lightest load measured ({first_miss})"
 
 
+def target_verdict(points: list[PointRow]) -> str:
+    """The 100 ms verdict in a few words, for tables: up to which load both p99s stay under it."""
+    met = None
+    for p in sorted(points, key=lambda p: p.value):
+        lat = p.latency
+        ttft = lat.ttft_ms.p99 if lat and lat.ttft_ms else None
+        tpot = lat.tpot_ms.p99 if lat and lat.tpot_ms else None
+        if ttft is None or tpot is None:
+            medians = [d.p50 for d in (lat.ttft_ms if lat else None, lat.tpot_ms if lat else None)
+                       if d and d.p50 is not None]
+            if any(m >= TARGET_MS for m in medians):  # p99 >= p50
+                return f"yes up to {met.point}" if met else "no"
+            return f"yes up to {met.point}" if met else f"not backed (n={p.completed})"
+        if ttft >= TARGET_MS or tpot >= TARGET_MS:
+            why = " and ".join(n for n, v in (("TTFT", ttft), ("TPOT", tpot)) if v >= TARGET_MS)
+            return f"yes up to {met.point}" if met else f"no ({why} p99)"
+        met = p
+    return f"yes up to {met.point}" if met else "n/a"
+
+
 def point_row(entry: dict[str, Any], records: list[RequestRecord], slo: Slo, hardware: HardwareRow | None,
               usd_per_kwh: float | None, weight_bytes: int | None = None,
               bandwidth: float | None = None) -> PointRow:

@@ -144,7 +144,11 @@ class FloorVerdict(BaseModel):
 
 class Recommendation(BaseModel):
     variant: str | None
-    reasoning: str
+    reasoning: str  # the summary as one paragraph
+    summary: list[str] = Field(default_factory=list)  # the same, a short point each: the decision first
+    tied_with: list[str] = Field(default_factory=list)  # within the speed noise of the pick's cost: a tie
+    why: str | None = None  # the decision in one clause (the answer card's)
+    cost: str | None = None  # what the pick costs, and against the source
     constraints: dict[str, Any]
     rejected: dict[str, str] = Field(default_factory=dict)
     quality_floor: dict[str, FloorVerdict] = Field(default_factory=dict)  # every variant, pass or fail

@@ -19,7 +19,7 @@ from quantserve.errors import UserError
 from quantserve.group_size import choose_group_size, quantized_in_features
 from quantserve.manifest import GRID_NOTE, Manifest, SourceInfo
 from quantserve.model_fetch import DEFAULT_MODEL, default_model_dir, is_default_model, resolve_model
-from quantserve.progress import say, step
+from quantserve.progress import Bar, say, step
 from quantserve.prompts import prompt_path
 from quantserve.quantize import publish
 from quantserve.quantize.calibration import CALIBRATION_FILE, HELDOUT_FILE
@@ -174,64 +174,68 @@ def quantize(opts: QuantizeOptions) -> list[Manifest]:
     done: list[Manifest] = []
     failures: list[str] = []
     try:
-        for i, (variant, recipe) in enumerate(recipes.items(), 1):
-            name = f"{slug}-{variant}"
-            target = opts.out / name
-            recipe_dict = recipe.model_dump(mode="json")
-            rhash = _recipe_hash(recipe_dict, inputs, group_sizes[variant])
-            if not opts.force and target.is_dir():
+        with Bar(len(recipes), "quantize") as bar:
+            for i, (variant, recipe) in enumerate(recipes.items(), 1):
+                name = f"{slug}-{variant}"
+                bar.at(i - 1, name)
+                target = opts.out / name
+                recipe_dict = recipe.model_dump(mode="json")
+                rhash = _recipe_hash(recipe_dict, inputs, group_sizes[variant])
+                if not opts.force and target.is_dir():
+                    try:
+                        existing = Manifest.read(target)
+                    except (OSError, ValueError):
+                        existing = None
+                    if existing and existing.recipe_hash == rhash:
+                        say(f"[{i}/{len(recipes)}] {name}: same recipe and source as the published one, reused "
+                            "(--force rebuilds)")
+                        if not _refused(existing, opts, failures):
+                            done.append(existing)
+                        continue
+                say(f"[{i}/{len(recipes)}] {name}: building ({recipe.library}, {recipe.scheme}"
+                    + (f", group size {group_sizes[variant]}" if group_sizes[variant] else "") + ")")
+                tmp = publish.temp_dir_for(target)
                 try:
-                    existing = Manifest.read(target)
-                except (OSError, ValueError):
-                    existing = None
-                if existing and existing.recipe_hash == rhash:
-                    say(f"[{i}/{len(recipes)}] {name}: same recipe and source as the published one, reused "
-                        "(--force rebuilds)")
-                    if not _refused(existing, opts, failures):
-                        done.append(existing)
-                    continue
-            say(f"[{i}/{len(recipes)}] {name}: building ({recipe.library}, {recipe.scheme}"
-                + (f", group size {group_sizes[variant]}" if group_sizes[variant] else "") + ")")
-            tmp = publish.temp_dir_for(target)
-            try:
-                spec = BuildSpec(
-                    variant=variant, recipe=recipe_dict, source=str(source), out=str(tmp),
-                    calibration_file=str(opts.calibration_file), samples=opts.samples, seq_len=opts.seq_len,
-                    heldout_file=str(opts.heldout_file), threads=opts.threads, group_size=group_sizes[variant],
-                    reference_cache=str(reference_dir), runtime=recipe.runtime,
-                )
-                result = _run_worker(spec, tmp)
-                with step(f"{name}: vLLM config resolution and platform check"):
-                    verdict = checker.check(tmp)
-                w_bytes = weight_bytes(tmp)
-                manifest = Manifest(
-                    name=name, variant=variant, method=recipe.method, scheme=recipe.scheme, bits=recipe.bits,
-                    group_size=group_sizes[variant], format=recipe.checkpoint_format, runtime=recipe.runtime,
-                    recipe=recipe_dict,
-                    recipe_hash=rhash, source=source_info, calibration=result.calibration,
-                    versions=result.versions, wall_time_s=result.wall_time_s,
-                    peak_rss_bytes=result.peak_rss_bytes, weight_bytes=w_bytes,
-                    size_ratio=round(w_bytes / src_bytes, 4), quality=result.quality,
-                    mixed_precision=result.mixed_precision,
-                    vllm_loadable=verdict.vllm_loadable, vllm_loadable_reason=verdict.vllm_loadable_reason,
-                    servable_here=verdict.servable_here, servable_reason=verdict.servable_reason,
-                    files=file_hashes(tmp), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                    quantserve_version=__version__,
-                )
-                if _refused(manifest, opts, failures):
-                    continue
-                manifest.write(tmp)
-                publish.publish(tmp, target)
-                say(f"[{i}/{len(recipes)}] {name}: published, {w_bytes / 1e6:.1f} MB, built in "
-                    f"{result.wall_time_s:.0f}s" + (f", KLD {result.quality.kld_mean:.3f}" if result.quality else ""))
-                done.append(manifest)
-            except OSError as err:
-                if err.errno == errno.ENOSPC:
-                    raise UserError(f"out of disk space while building {name}; nothing was published") from None
-                raise
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    spec = BuildSpec(
+                        variant=variant, recipe=recipe_dict, source=str(source), out=str(tmp),
+                        calibration_file=str(opts.calibration_file), samples=opts.samples, seq_len=opts.seq_len,
+                        heldout_file=str(opts.heldout_file), threads=opts.threads, group_size=group_sizes[variant],
+                        reference_cache=str(reference_dir), runtime=recipe.runtime,
+                    )
+                    result = _run_worker(spec, tmp)
+                    with step(f"{name}: vLLM config resolution and platform check"):
+                        verdict = checker.check(tmp)
+                    w_bytes = weight_bytes(tmp)
+                    manifest = Manifest(
+                        name=name, variant=variant, method=recipe.method, scheme=recipe.scheme, bits=recipe.bits,
+                        group_size=group_sizes[variant], format=recipe.checkpoint_format, runtime=recipe.runtime,
+                        recipe=recipe_dict,
+                        recipe_hash=rhash, source=source_info, calibration=result.calibration,
+                        versions=result.versions, wall_time_s=result.wall_time_s,
+                        peak_rss_bytes=result.peak_rss_bytes, weight_bytes=w_bytes,
+                        size_ratio=round(w_bytes / src_bytes, 4), quality=result.quality,
+                        mixed_precision=result.mixed_precision,
+                        vllm_loadable=verdict.vllm_loadable, vllm_loadable_reason=verdict.vllm_loadable_reason,
+                        servable_here=verdict.servable_here, servable_reason=verdict.servable_reason,
+                        files=file_hashes(tmp), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        quantserve_version=__version__,
+                    )
+                    if _refused(manifest, opts, failures):
+                        continue
+                    manifest.write(tmp)
+                    publish.publish(tmp, target)
+                    kld = f", KLD {result.quality.kld_mean:.3f}" if result.quality else ""
+                    say(f"[{i}/{len(recipes)}] {name}: published, {w_bytes / 1e6:.1f} MB, built in "
+                        f"{result.wall_time_s:.0f}s{kld}")
+                    done.append(manifest)
+                except OSError as err:
+                    if err.errno == errno.ENOSPC:
+                        raise UserError(f"out of disk space while building {name}; nothing was published") from None
+                    raise
+                finally:
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+            bar.at(len(recipes))
     finally:
         checker.close()
         shutil.rmtree(reference_dir, ignore_errors=True)

@@ -50,8 +50,8 @@ def run_all(
     seq_len: int = typer.Option(_RUN.seq_len, min=16, help="Tokens per calibration sample."),
     sweep: str = typer.Option(_RUN.sweep, help="Load points per served model."),
     requests: int = typer.Option(_RUN.requests_per_point, min=1,
-                                 help="Measured requests per load point (fewer than `quantserve eval`'s default, "
-                                      "to fit the time budget; the report says where n is too small)."),
+                                 help="Measured requests per load point (100 back a p99; fewer are faster and the "
+                                      "report says where n is too small)."),
     gpu: str = typer.Option(_RUN.gpu, help="Price row the cost is computed for (quantserve/prices.yaml)."),
     slo: str = typer.Option(None, help="SLO like ttft_p99=2000ms,itl_p99=500ms (default: eval/slo.yaml)."),
     engines: int = typer.Option(_RUN.max_engines, min=1,
@@ -61,6 +61,9 @@ def run_all(
                                            "bound; 0 turns it off."),
     max_kld: float = typer.Option(_RUN.max_kld, "--max-kld", min=0,
                                  help="Quality floor where tasks were not run: highest mean KLD vs the source."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Libraries' output (bars, warnings, logs) on the terminal too; without it "
+                                      "it goes to run.log in the run folder."),
 ) -> None:
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
@@ -70,7 +73,7 @@ def run_all(
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,
                    max_tokens=max_tokens, gpu=gpu, slo=slo, max_engines=engines, min_recovery=min_recovery,
-                   max_kld=max_kld))
+                   max_kld=max_kld, verbose=verbose))
 
 
 @app.command("probe")

@@ -103,10 +103,14 @@ def test_unmeasured_variants_have_null_speed_with_the_reason(run: Path):
     assert awq.by_concurrency[1].error_rate == 1.0
 
 
-def test_markdown_starts_with_the_summary_table_and_carries_the_grid_note(run: Path):
+def test_markdown_starts_with_the_answer_then_the_summary_table_and_carries_the_grid_note(run: Path):
     build_report(run)
     md = (run / "report.md").read_text()
-    first_section = md.split("\n## ")[1]
+    card, first_section = md.split("\n## ")[1:3]
+    rec = make_report(run).recommendation
+    assert card.startswith(f"Recommended: {rec.variant}\n")
+    assert f"- **Why:** {rec.why}" in card and f"- **Cost:** {rec.cost}" in card and "- **Under 100 ms?:**" in card
+    assert "already sits on a 4-bit grid" in card
     assert first_section.startswith("Summary")
     header = ("| variant | runtime / format | bits | size MB | size ratio | PPL ratio | KLD | top-1 | task acc | "
               "recovery | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | output tok/s | $/1M tok | servable here |")
@@ -331,14 +335,17 @@ def _with_speed_noise(run: Path, drift: float) -> Path:
     return run
 
 
-def test_a_runner_up_within_the_machines_speed_noise_is_named_as_a_tie(run: Path):
+def test_a_runner_up_within_the_machines_speed_noise_is_a_tie_resolved_by_the_smaller_weights(run: Path):
     off = ReportConstraints(min_recovery=0)  # both qualify; gptq (40 tok/s) is half the source's (20) cost
-    assert "inside this machine's noise" not in make_report(run, constraints=off).recommendation.reasoning
+    rec = make_report(run, constraints=off).recommendation
+    assert rec.variant == GPTQ and rec.tied_with == [] and "tied on cost" not in rec.reasoning
     # the source's own tok/s moved 10% between its runs: a 2× cost gap is a ranking
     rec = make_report(_with_speed_noise(run, -0.10), constraints=off).recommendation
-    assert rec.variant == GPTQ and "inside this machine's noise" not in rec.reasoning
+    assert rec.variant == GPTQ and rec.tied_with == []
+    assert rec.summary[0].endswith("by more than this machine's speed noise (10%).")
     # it moved 120% (TTFT's larger move does not count: cost follows tok/s): the gap is inside the noise
     rec = make_report(_with_speed_noise(run, 1.20), constraints=off).recommendation
-    assert rec.variant == GPTQ
-    assert (f"{SOURCE} costs 2.00× as much per token, inside this machine's noise (the source's output tok/s "
-            "moved 120% between its two runs)") in rec.reasoning
+    assert rec.variant == GPTQ and rec.tied_with == [SOURCE]
+    assert rec.summary[0] == (f"{GPTQ} (on vllm) is recommended: tied on cost with {SOURCE} 2.00× per token, "
+                              "inside this machine's speed noise (120%: the source's output tok/s moved that much "
+                              "between its two runs), and the smallest weights of them.")
