@@ -8,6 +8,7 @@ here, or whose engine fails to start, is left out with its reason, and the repor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -44,6 +45,22 @@ class RunOptions:
     max_engines: int = 12
     verbose: bool = False  # libraries' output on the terminal too; otherwise it goes to <run>/run.log
 
+    def check(self) -> None:
+        """Fail in the first second on an option the last stage would refuse: a mistyped --gpu, --sweep, --slo
+        or --scenario must not cost the whole quantize stage first."""
+        from quantserve.eval.loadgen import parse_sweep
+        from quantserve.eval.scenarios import load_scenario
+        from quantserve.eval.slo import parse_slo
+        from quantserve.prices import load_price_table
+        from quantserve.quantize.recipes import select_variants
+
+        parse_sweep(self.sweep)
+        parse_slo(self.slo)
+        if self.gpu:
+            load_price_table().hardware(self.gpu)
+        load_scenario(self.scenario)
+        select_variants(self.variants)
+
 
 def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult,
                  selected: set[str] | None = None) -> tuple[list[str], dict[str, str]]:
@@ -64,6 +81,7 @@ def _pick_served(variants_dir: Path, max_engines: int, probe: ProbeResult,
 def run(opts: RunOptions) -> Path:
     from quantserve.eval.runner import default_run_dir
 
+    opts.check()
     run_dir = default_run_dir(opts.runs_dir)
     log_file = None if opts.verbose else run_dir / "run.log"
     with quiet_to(log_file):
@@ -170,23 +188,24 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
     from quantserve.serve.stack import ServeStack
 
     config = load_config(None, model_refs=[ref], auth=False, port=0, host_sources=False)
-    try:
-        with ServeStack(config, probe=lambda: probe, best_effort=True) as stack:
-            skipped.update(stack.skipped)
-            return run_eval(EvalConfig(
-                base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=sweep or opts.sweep,
-                # the cap only stops a point stuck far past its budget: 100 answers of 16 tokens take 30-80 s
-                num_requests=opts.requests_per_point, duration_s=240, warmup=1, max_tokens=opts.max_tokens,
-                tasks=tasks,
-                slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
-                # vLLM's phase histograms; llama.cpp and OpenVINO engines export no such phases
-                engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics"
-                if stack.model_info.get(stack.models[0], {}).get("runtime", "vllm") == "vllm" else None,
-            ))
-    except UserError as err:  # its engine failed to start: the others go on
-        skipped[Path(ref).name] = str(err)
-        say(f"not measured: {Path(ref).name}: {err}")
-        return None
+    with contextlib.ExitStack() as running:
+        try:
+            stack = running.enter_context(ServeStack(config, probe=lambda: probe, best_effort=True))
+        except UserError as err:  # its engine failed to start: the others go on (only this counts as that)
+            skipped[Path(ref).name] = str(err)
+            say(f"not measured: {Path(ref).name}: {err}")
+            return None
+        skipped.update(stack.skipped)
+        return run_eval(EvalConfig(
+            base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=sweep or opts.sweep,
+            # the cap only stops a point stuck far past its budget: 100 answers of 16 tokens take 30-80 s
+            num_requests=opts.requests_per_point, duration_s=240, warmup=1, max_tokens=opts.max_tokens,
+            tasks=tasks, slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
+            # vLLM's phase histograms; llama.cpp and OpenVINO engines export no such phases
+            engine_metrics_url=f"{stack.engine_url(stack.models[0])}/metrics"
+            if stack.model_info.get(stack.models[0], {}).get("runtime", "vllm") == "vllm" else None,
+        ))
+    return None
 
 
 def _served_name(part: Path) -> str | None:

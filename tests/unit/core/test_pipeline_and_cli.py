@@ -53,3 +53,20 @@ def test_a_stage_that_fails_to_import_fails_loudly(monkeypatch):
 def test_unknown_command_is_a_usage_error_without_traceback():
     proc = run_cli("quantise")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "No such command" in proc.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--gpu", "rtx-9999", "unknown GPU/hardware 'rtx-9999'"),
+    ("--sweep", "concurrency=one", "--sweep value 'one' is not a number"),
+    ("--slo", "ttft_p99=fast", "ttft_p99"),
+    ("--variants", "gptq-w5", "gptq-w5"),
+])
+def test_run_refuses_a_bad_option_before_anything_is_built(tmp_path, option, value, says):
+    # Before: a mistyped --gpu reached the eval stage after the whole quantize stage, and was reported as
+    # "every engine failed to start".
+    proc = run_cli("run", option, value, "--variants-dir", str(tmp_path / "variants"),
+                   "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert proc.returncode != 0
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert "[1/6]" not in proc.stderr  # not one stage started
+    assert not (tmp_path / "variants").exists() and not (tmp_path / "runs").exists()
