@@ -102,8 +102,8 @@ bench: install
 	mkdir -p bench
 	$(VENV)/bin/quantserve probe --force --json > bench/probe.json
 	$(VENV)/bin/quantserve quantize --variants all --out variants/ > /dev/null
-	$(PY) -m quantserve.quantize.bench --variants variants/ --out bench/quantize.json
-	$(PY) -m quantserve.serve_bench bench/serve.json
+	$(PY) -m quantserve.app.bench.quantize --variants variants/ --out bench/quantize.json
+	$(PY) -m quantserve.app.bench.serve bench/serve.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

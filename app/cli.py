@@ -7,8 +7,8 @@ import sys
 
 import typer
 
+from quantserve.app.pipeline import RunOptions
 from quantserve.errors import UserError
-from quantserve.pipeline import RunOptions
 
 app = typer.Typer(
     name="quantserve",
@@ -68,7 +68,7 @@ def run_all(
     """The whole job: fetch the model, quantize, serve what runs here, evaluate, write the report."""
     from pathlib import Path
 
-    from quantserve.pipeline import run
+    from quantserve.app.pipeline import run
 
     run(RunOptions(model=model, variants=variants, variants_dir=Path(variants_dir), runs_dir=Path(runs_dir),
                    samples=samples, seq_len=seq_len, sweep=sweep, requests_per_point=requests,

@@ -62,7 +62,8 @@ class Accounting:
         self.log_prompts = log_prompts
 
     def finish(self, rec: MeteredRequest) -> None:
-        if rec.finished:
+        if rec.finished:  # one owner finishes a record once; a second call is a bug, not a second row
+            log.error("request record finished twice: %s %s status=%d", rec.endpoint, rec.model, rec.status)
             return
         rec.finished = True
         latency = time.perf_counter() - rec.started

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from quantserve.serve.accounting import MeteredRequest
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.protocol import (
     ChatCompletionRequest,
@@ -96,13 +95,9 @@ async def get_model(model: str, request: Request) -> ModelCard:
 
 @router.post("/v1/chat/completions", responses=ERRORS)
 async def create_chat_completion(request: Request) -> Response:
-    rec = MeteredRequest.begin("/v1/chat/completions")
-    request.state.record = rec
-    return await runtime(request).proxy.handle(request, rec, ChatCompletionRequest)
+    return await runtime(request).proxy.handle(request, "/v1/chat/completions", ChatCompletionRequest)
 
 
 @router.post("/v1/completions", responses=ERRORS)
 async def create_completion(request: Request) -> Response:
-    rec = MeteredRequest.begin("/v1/completions")
-    request.state.record = rec
-    return await runtime(request).proxy.handle(request, rec, CompletionRequest)
+    return await runtime(request).proxy.handle(request, "/v1/completions", CompletionRequest)

@@ -87,10 +87,10 @@ class GatewayRuntime:
             await self.client.close()
 
     def on_error(self, request: Request, err: OpenAIError) -> None:
-        rec: MeteredRequest | None = getattr(request.state, "record", None)
-        if rec is None:
-            path = request.url.path
-            rec = MeteredRequest.begin(path if path in _KNOWN_ENDPOINTS else "other")
+        """Counts an error answered outside a generation request's handler (which accounts for its own): a bad
+        key on /v1/models, an unknown path, a method not allowed."""
+        path = request.url.path
+        rec = MeteredRequest.begin(path if path in _KNOWN_ENDPOINTS else "other")
         rec.status = err.status
         rec.error_type = err.type
         self.accounting.finish(rec)

@@ -1,12 +1,13 @@
 """Forwarding a generation request to the engine that serves its model, streamed or not.
 
 The request is read and checked (size, JSON, schema, model, key limits), admitted to an upstream slot, then
-sent on one pooled upstream client. Streams are relayed event by event as they arrive; the slot, the upstream
-connection and the accounting are released in one place however the stream ends (done, engine died, client
-left). A client that leaves while its request waits for a slot or for a unary answer is let go at once.
+sent on one pooled upstream client. Streams are relayed event by event as they arrive; the slot and the upstream
+connection are released in one place however the stream ends (done, engine died, client left). A client that
+leaves while its request waits for a slot or for a unary answer is let go at once.
 
-A connection that fails before anything was relayed is tried once more on a fresh connection: a pooled one
-may have been closed by the engine (vLLM closes it after an unhandled error) without the engine being down.
+`ProxyService.handle` owns the request's usage record: it is finished once, in its `finally` (or, for a relayed
+stream, when the streamed response closes), whatever ended the request: an answer, an OpenAI error, the client
+leaving or a bug.
 """
 
 from __future__ import annotations
@@ -92,7 +93,32 @@ class ProxyService:
         self.log_prompts = log_prompts
         self.default_reserved_tokens = default_reserved_tokens
 
-    async def handle(self, request: Request, rec: MeteredRequest, schema: type[T]) -> Response:
+    async def handle(self, request: Request, endpoint: str, schema: type[T]) -> Response:
+        """Answers one generation request and accounts for it exactly once."""
+        rec = MeteredRequest.begin(endpoint)
+        relayed = False
+        try:
+            response = await self._handle(request, rec, schema)
+            if isinstance(response, _RelayResponse):
+                relayed = True  # the stream is still to be relayed: it is finished when the response closes
+                response.after_close(lambda: self.accounting.finish(rec))
+            return response
+        except OpenAIError as err:
+            rec.status, rec.error_type = err.status, err.type
+            return err.response()
+        except asyncio.CancelledError:
+            rec.status = CLIENT_CLOSED
+            raise
+        except Exception as err:  # a bug: the client gets a plain 500, the log the details
+            log.error("unhandled error on %s: %s", endpoint, err, exc_info=err)
+            failure = OpenAIError(500, "internal error in the gateway; see its log", code="internal_error")
+            rec.status, rec.error_type = failure.status, failure.type
+            return failure.response()
+        finally:
+            if not relayed:
+                self.accounting.finish(rec)
+
+    async def _handle(self, request: Request, rec: MeteredRequest, schema: type[T]) -> Response:
         rec.key = await self.authenticator.authenticate(request.headers.get("authorization"))
         rec.authenticated = True
         raw = await read_body(request, self.max_body_bytes)
@@ -158,11 +184,10 @@ class ProxyService:
                 return self._client_gone(rec)
             rec.queue_s += time.perf_counter() - queued_from
             if rec.stream:
-                relay = _StreamRelay(self.client, pool, upstream, rec, self.accounting, shown)
+                relay = _StreamRelay(self.client, pool, upstream, rec, shown)
                 try:
                     await relay.open(body)
-                except BaseException as err:
-                    rec.status = CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500
+                except BaseException:
                     await relay.close()
                     raise
                 if relay.error is None:
@@ -171,7 +196,7 @@ class ProxyService:
                     return _RelayResponse(relay.events(), on_close=relay.close, media_type="text/event-stream",
                                           headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                                                    OVERHEAD_HEADER: ms(rec.overhead_s)})
-                await relay.close()  # frees the slot; the error is accounted where it is handled
+                await relay.close()  # frees the slot
                 if relay.refused and may_try_another and pool.ready():
                     continue
                 raise relay.error
@@ -185,9 +210,9 @@ class ProxyService:
                 pool.release(upstream)
         raise AssertionError("unreachable: the last try returns or raises")
 
-    def _client_gone(self, rec: MeteredRequest) -> Response:
+    @staticmethod
+    def _client_gone(rec: MeteredRequest) -> Response:
         rec.status = CLIENT_CLOSED
-        self.accounting.finish(rec)
         return Response(status_code=CLIENT_CLOSED)
 
     async def _unary(self, rec: MeteredRequest, pool: ModelPool, upstream: Upstream, body: bytes,
@@ -195,17 +220,7 @@ class ProxyService:
         url = f"{upstream.base_url}{rec.endpoint}"
         sent = time.perf_counter()
         try:
-            try:
-                status, content = await watcher.race(self.client.post(url, body))
-            except UpstreamFailure as failure:
-                if failure.kind != "dropped":
-                    raise
-                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
-                fresh = self.client.fresh()
-                try:
-                    status, content = await watcher.race(fresh.post(url, body))
-                finally:
-                    await fresh.close()
+            status, content = await watcher.race(self.client.post(url, body))
         except ClientGone:
             return self._client_gone(rec)
         except UpstreamFailure as failure:
@@ -225,7 +240,6 @@ class ProxyService:
         rec.completion_tokens = int(usage.get("completion_tokens") or 0)
         rec.status = status
         rec.overhead_s = (sent - rec.started - rec.queue_s) + (time.perf_counter() - received)
-        self.accounting.finish(rec)
         return Response(content, status_code=status, media_type="application/json",
                         headers={OVERHEAD_HEADER: ms(rec.overhead_s)})
 
@@ -257,14 +271,12 @@ class _StreamRelay:
         pool: ModelPool,
         upstream: Upstream,
         rec: MeteredRequest,
-        accounting: Accounting,
         shown: _UsageShown,
     ) -> None:
         self.client = client
         self.pool = pool
         self.upstream = upstream
         self.rec = rec
-        self.accounting = accounting
         self.shown = shown
         self.response: UpstreamStream | None = None
         self.error: OpenAIError | None = None
@@ -274,7 +286,6 @@ class _StreamRelay:
         self.done = False  # [DONE] went out
         self.token_chunks = 0
         self._closed = False
-        self._own_client: UpstreamClient | None = None  # the fresh connection of a retry, closed with us
         self._sent = self._received = 0.0
 
     def overhead_s(self) -> float:
@@ -285,14 +296,7 @@ class _StreamRelay:
         url = f"{self.upstream.base_url}{self.rec.endpoint}"
         self._sent = time.perf_counter()
         try:
-            try:
-                self.response = await self.client.open_stream(url, body)
-            except UpstreamFailure as failure:
-                if failure.kind != "dropped":
-                    raise
-                log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
-                self._own_client = self.client.fresh()
-                self.response = await self._own_client.open_stream(url, body)
+            self.response = await self.client.open_stream(url, body)
             self._received = time.perf_counter()
             if self.response.status >= 400:
                 # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a
@@ -363,16 +367,11 @@ class _StreamRelay:
             try:
                 if self.response is not None:
                     # closing mid-body drops the connection, which makes vLLM abort the request
-                    self.response.close()
-                if self._own_client is not None:
-                    await self._own_client.close()
+                    await self.response.close()
             finally:
                 self.pool.release(self.upstream)
-                rec = self.rec
-                if self.error is None:  # an error raised before the stream is accounted by the handler
-                    if not self.saw_usage:
-                        self._usage_without_final_chunk()
-                    self.accounting.finish(rec)
+                if self.error is None and not self.saw_usage:
+                    self._usage_without_final_chunk()
 
     def _usage_without_final_chunk(self) -> None:
         """The stream ended before the engine's usage chunk (the client left, the engine died): the last token
@@ -393,12 +392,20 @@ class _RelayResponse(StreamingResponse):
     ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        self._after_close: Callable[[], None] | None = None
+
+    def after_close(self, hook: Callable[[], None]) -> None:
+        self._after_close = hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._on_close()
+            try:
+                await self._on_close()
+            finally:
+                if self._after_close is not None:
+                    self._after_close()
 
 
 class _DisconnectWatcher:

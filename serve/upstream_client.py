@@ -4,16 +4,23 @@ streamed POST, a health GET), its failures sorted into the three kinds the gatew
 Not httpx: its pool checks every idle connection for readability on each request (a syscall each) and its
 request/response models cost about as much again; at a thousand requests a second that was most of the
 gateway's CPU. The kinds: `refused` (nothing listens: try another upstream), `dropped` (a connection closed or
-reset: the request may never have arrived, so one retry on a fresh connection), `timeout` (the engine went
-silent while working on it: no retry).
+reset), `timeout` (the engine went silent while working on it: no retry).
+
+A request that fails `dropped` on a pooled connection is sent once more, here and only here, on a fresh
+connection: the engine may have closed the idle connection (vLLM does after an unhandled error) without being
+down. What a caller sees is the outcome of the retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Literal
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal, TypeVar
 
 import aiohttp
+
+log = logging.getLogger("quantserve.serve.upstream_client")
+_R = TypeVar("_R")
 
 FailureKind = Literal["refused", "dropped", "timeout"]
 HealthAnswer = Literal["up", "down", "timeout"]  # down: refused, dropped or not 200; timeout: no answer in time
@@ -42,8 +49,9 @@ class UpstreamStream:
     """A streamed answer: status and body chunks as they come; `close()` mid-body drops the connection, which
     makes vLLM abort the request."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, owner: UpstreamClient | None = None) -> None:
         self._response = response
+        self._owner = owner  # the fresh client of a retry: it lives as long as the stream
         self.status = response.status
 
     async def read(self) -> bytes:
@@ -59,11 +67,15 @@ class UpstreamStream:
         except _FAILURES as err:
             raise _failure(err) from None
 
-    def close(self) -> None:
-        if self._response.content.at_eof():
-            self._response.release()  # read to the end: the connection goes back to the pool
-        else:
-            self._response.close()
+    async def close(self) -> None:
+        try:
+            if self._response.content.at_eof():
+                self._response.release()  # read to the end: the connection goes back to the pool
+            else:
+                self._response.close()
+        finally:
+            if self._owner is not None:
+                await self._owner.close()
 
 
 class UpstreamClient:
@@ -94,18 +106,49 @@ class UpstreamClient:
         return self._session
 
     async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
-        try:
-            async with self._get_session().post(url, data=body, headers=self._headers) as response:
-                return response.status, await response.read()
-        except _FAILURES as err:
-            raise _failure(err) from None
+        """A unary POST: the status and the whole body."""
+        async def send(client: UpstreamClient) -> tuple[int, bytes]:
+            try:
+                async with client._get_session().post(url, data=body, headers=client._headers) as response:
+                    return response.status, await response.read()
+            except _FAILURES as err:
+                raise _failure(err) from None
+
+        async def once_more(fresh: UpstreamClient) -> tuple[int, bytes]:
+            try:
+                return await send(fresh)
+            finally:
+                await fresh.close()
+
+        return await self._with_retry(url, send, once_more)
 
     async def open_stream(self, url: str, body: bytes) -> UpstreamStream:
+        """A streamed POST, open once its status line arrived; the caller reads and closes it."""
+        async def send(client: UpstreamClient) -> UpstreamStream:
+            try:
+                response = await client._get_session().post(url, data=body, headers=client._headers)
+            except _FAILURES as err:
+                raise _failure(err) from None
+            return UpstreamStream(response, owner=client if client is not self else None)
+
+        async def once_more(fresh: UpstreamClient) -> UpstreamStream:
+            try:
+                return await send(fresh)
+            except BaseException:
+                await fresh.close()
+                raise
+
+        return await self._with_retry(url, send, once_more)
+
+    async def _with_retry(self, url: str, send: Callable[[UpstreamClient], Awaitable[_R]],
+                          once_more: Callable[[UpstreamClient], Awaitable[_R]]) -> _R:
         try:
-            response = await self._get_session().post(url, data=body, headers=self._headers)
-        except _FAILURES as err:
-            raise _failure(err) from None
-        return UpstreamStream(response)
+            return await send(self)
+        except UpstreamFailure as failure:
+            if failure.kind != "dropped" or self._fresh:
+                raise
+            log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
+        return await once_more(self.fresh())
 
     async def health(self, url: str, timeout_s: float) -> HealthAnswer:
         try:

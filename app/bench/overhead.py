@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from quantserve.serve.bench_stub import LoadResult, drive, request_bytes, run_fast
+from quantserve.app.bench.stub import LoadResult, drive, request_bytes, run_fast
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayProcess
 from quantserve.serve.keys import KeyStore
@@ -45,7 +45,7 @@ class OverheadPlan:
 @contextmanager
 def _stub(port: int, log_path: Path) -> Any:
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "quantserve.serve.bench_stub", str(port)], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "quantserve.app.bench.stub", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + 30
@@ -149,7 +149,7 @@ def measure_in_subprocess(tmp: Path, plan: OverheadPlan) -> dict[str, Any]:
     """In a fresh interpreter: a load client sharing a process with a loaded model (and its heap, and torch's
     spinning threads) measures its own pauses, not the gateway's."""
     out = tmp / "overhead.json"
-    subprocess.run([sys.executable, "-m", "quantserve.serve.bench_overhead", str(out), str(plan.seconds),
+    subprocess.run([sys.executable, "-m", "quantserve.app.bench.overhead", str(out), str(plan.seconds),
                     str(plan.rate), str(plan.connections), str(plan.rounds)], check=True)
     return json.loads(out.read_text())
 

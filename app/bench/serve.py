@@ -11,7 +11,7 @@
 4. The gateway alone against a zero-latency stub: requests/s one gateway process carries and the p99 latency it
    adds (targets >= 1,000 req/s, <= 10 ms), per uvicorn loop/parser pair.
 
-    python -m quantserve.serve_bench bench/serve.json [--model PATH_OR_NAME] [--max-tokens 64]
+    python -m quantserve.app.bench.serve bench/serve.json [--model PATH_OR_NAME] [--max-tokens 64]
 
 In the core, not in serve/, because it drives both stages: serve's stack and eval's load generator and metrics.
 """
@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quantserve.app.bench.overhead import OverheadPlan, measure_in_subprocess
+from quantserve.app.bench.soak import KINDS, SoakPlan, engine_counters, reconcile, run_soak
 from quantserve.eval.endpoint import Endpoint
 from quantserve.eval.loadgen import LoadLimits, LoadPoint, make_client, run_point
 from quantserve.eval.metrics import Metrics, compute_metrics
 from quantserve.eval.records import RequestRecord
 from quantserve.eval.scenarios import ScenarioItem, load_scenario
 from quantserve.model_fetch import DEFAULT_MODEL
-from quantserve.serve.bench_overhead import OverheadPlan, measure_in_subprocess
-from quantserve.serve.bench_soak import KINDS, SoakPlan, engine_counters, reconcile, run_soak
 from quantserve.serve.config import build_config
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.stack import ServeStack
@@ -201,7 +201,7 @@ def run_bench(out: Path, model: str = DEFAULT_MODEL, max_tokens: int = 64, reque
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m quantserve.serve_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m quantserve.app.bench.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="JSON file to write")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="folder, variant folder or default name")

@@ -3,7 +3,7 @@
 Both speak just enough HTTP/1.1 (keep-alive, content-length bodies) on asyncio protocols under uvloop, so at
 thousands of requests per second on a small machine neither one is what is measured: the gateway in between is.
 
-    python -m quantserve.serve.bench_stub PORT     # the stand-in upstream: /health and the two generate paths
+    python -m quantserve.app.bench.stub PORT     # the stand-in upstream: /health and the two generate paths
 """
 
 from __future__ import annotations

@@ -7,6 +7,6 @@ import pytest
 def machine_probe() -> dict:
     """This machine's `quantserve probe --json` (real vLLM engines; cached per machine after the first run).
     Integration tests take what should run here, and in which dtype, from it."""
-    from tests.probe_fixtures import machine_probe as probe
+    from tests.support.probe_fixtures import machine_probe as probe
 
     return probe()

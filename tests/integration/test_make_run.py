@@ -9,9 +9,7 @@ import re
 
 import pytest
 
-from tests.conftest import run_cli
-
-pytestmark = [pytest.mark.integration, pytest.mark.serve]
+from tests.support.cli import run_cli
 
 REPORT_VARIANT_KEYS = {"name", "method", "bits", "size_bytes", "size_ratio", "servable_here", "quality", "latency",
                        "throughput", "goodput_rps", "cost", "dtype", "dtype_from"}

@@ -9,10 +9,8 @@ import pytest
 
 from quantserve.manifest import GRID_NOTE, Manifest, list_manifests
 from quantserve.quantize.files import file_hashes
-from tests.conftest import run_cli
-from tests.probe_fixtures import FORMAT_OF_VARIANT
-
-pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
+from tests.support.cli import run_cli
+from tests.support.probe_fixtures import FORMAT_OF_VARIANT
 
 VARIANTS = ["gptq-w4a16", "awq-w4a16", "autoround-w4a16", "mixed-w4a16-w8a8", "w8a8-int8", "sparse24-w8a8",
             "bnb-nf4", "bnb-int8"]

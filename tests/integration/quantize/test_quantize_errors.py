@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_cli
-
-pytestmark = pytest.mark.quant  # in the module: pytest ignores pytestmark in a conftest
+from tests.support.cli import run_cli
 
 
 def _assert_one_line_error(proc, *needles):

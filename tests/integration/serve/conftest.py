@@ -1,7 +1,8 @@
 """One real stack for the whole session: a vLLM engine on the default model behind the gateway, auth on.
 
-Only one vLLM engine runs at a time on a 2-core machine, so every test shares this one; the engine-crash test
-runs last (its file sorts last) because it takes the engine down for a restart.
+Only one vLLM engine runs at a time on a 2-core machine, so every test shares this one; the engine-crash test,
+which takes the engine down, waits until the supervisor has it back before the next test, so it may run in any
+order.
 """
 
 from __future__ import annotations
@@ -9,48 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import openai
-import psutil
 import pytest
 
 from quantserve.serve.config import build_config
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.stack import ServeStack
-
-
-@dataclass
-class LiveStack:
-    stack: ServeStack
-    key: str
-    db_url: str
-    model: str
-
-    def client(self, key: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.stack.base_url}/v1", api_key=key or self.key, max_retries=0,
-                             timeout=120, http_client=httpx.Client(trust_env=False))
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.stack.base_url, headers={"Authorization": f"Bearer {self.key}"},
-                            timeout=120, trust_env=False)
-
-    def new_key(self, name: str) -> str:
-        return KeyStore(self.db_url).create(name)[1]
-
-
-def _vllm_processes() -> set[int]:
-    found = set()
-    for proc in psutil.process_iter(["cmdline", "name"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if "vllm.entrypoints.openai.api_server" in cmd or (proc.info["name"] or "").startswith("VLLM"):
-                found.add(proc.pid)
-        except psutil.Error:
-            continue
-    return found
+from tests.support.live_stack import LiveStack, vllm_processes
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +27,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, machine_probe: dict) -> Itera
     model_dir = ensure_default_model()
     tmp: Path = tmp_path_factory.mktemp("serve-live")
     db_url = f"sqlite:///{tmp / 'serve.db'}"
-    before = _vllm_processes()
+    before = vllm_processes()
     config = build_config(model_path=model_dir, port=0, database_url=db_url, health_interval_s=0.5,
                           engine={"port_base": 18100, "restart_backoff_s": 1.0})
     key = KeyStore(db_url).create("integration")[1]
@@ -69,9 +36,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, machine_probe: dict) -> Itera
         print(f"\nstack up in {time.monotonic() - started:.0f} s: {stack.base_url} {stack.models}")
         yield LiveStack(stack, key, db_url, stack.models[0])
     deadline = time.monotonic() + 15
-    while _vllm_processes() - before and time.monotonic() < deadline:
+    while vllm_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
-    leftover = _vllm_processes() - before
+    leftover = vllm_processes() - before
     assert not leftover, f"vLLM processes left after the stack stopped: {leftover}"
 
 

@@ -7,7 +7,7 @@ Before the gateway checked what it forwards, 102 of 300 such bodies got a 5xx: v
 
 from __future__ import annotations
 
-from tests.serve_fuzz import check_fuzz
+from tests.support.serve_fuzz import check_fuzz
 
 
 def test_hostile_bodies_get_4xx_and_never_take_the_engine_down(live):

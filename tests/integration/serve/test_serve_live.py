@@ -10,9 +10,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import wait_until
-
-pytestmark = pytest.mark.serve
+from tests.support.helpers import wait_until
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

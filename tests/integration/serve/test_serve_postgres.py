@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,10 @@ from quantserve.serve.db import get_engine
 from quantserve.serve.gateway import GatewayThread
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.usage import summarize_usage
+from tests.support.helpers import free_port
 
 # The fake OpenAI upstream the gateway unit tests use: the soak below needs a gateway, not vLLM.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "serve"))
-from serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
-
-pytestmark = pytest.mark.serve
+from tests.support.serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
 
 REPLICA = textwrap.dedent("""
     import asyncio, json, sys, time
@@ -71,12 +68,6 @@ def _pg_bin() -> Path | None:
             return Path(candidate)
     found = shutil.which("initdb")
     return Path(found).resolve().parent if found and shutil.which("pg_ctl") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -127,7 +118,7 @@ def postgres() -> Iterator[PgCluster]:
     if run_as:
         shutil.chown(root, run_as)
         shutil.chown(sockets, run_as)
-    port = _free_port()
+    port = free_port()
     cluster = PgCluster(url=f"postgresql+psycopg2://quantserve@127.0.0.1:{port}/postgres", pg_bin=pg_bin,
                         data=data, log=log, run_as=run_as,
                         options=f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off")
@@ -224,10 +215,10 @@ class Traffic:
 
 def test_stop_postgres_during_a_soak_and_start_it_again_rows_equal_requests(postgres, tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTSERVE_HOME", str(tmp_path / "home"))  # where the gateway's spill file goes
-    fake = ThreadedServer(create_fake_app(FakeState()), _free_port()).start()
+    fake = ThreadedServer(create_fake_app(FakeState()), free_port()).start()
     gateway_id = f"soak-{uuid.uuid4().hex[:8]}"  # this test's rows, apart from the other tests'
     config = ServeConfig(
-        port=_free_port(), database_url=postgres.url, gateway_id=gateway_id, health_interval_s=0.5,
+        port=free_port(), database_url=postgres.url, gateway_id=gateway_id, health_interval_s=0.5,
         key_cache_ttl_s=0.5,  # well inside the outage: cached keys must live on the outage grace
         ledger={"flush_interval_s": 0.05, "retry_interval_s": 0.5, "max_queue": 100},
         database={"connect_timeout_s": 2, "statement_timeout_s": 2, "outage_retry_after_s": 1},

@@ -17,8 +17,6 @@ from quantserve.probe import ProbeResult, candidate_dtypes
 from quantserve.serve.config import build_config
 from quantserve.serve.stack import ServeStack
 
-pytestmark = pytest.mark.serve
-
 
 def test_probe_tries_every_format_in_every_candidate_dtype(machine_probe):
     result = ProbeResult.model_validate(machine_probe)

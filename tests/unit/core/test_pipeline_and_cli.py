@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from quantserve.pipeline import _pick_served
-from tests.conftest import run_cli
-from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, checkpoint_folder
-from tests.unit.core.test_manifest import make_manifest
+from quantserve.app.pipeline import _pick_served
+from tests.support.cli import run_cli
+from tests.support.manifests import make_manifest
+from tests.support.probe_fixtures import AMX_LIKE, AVX2_LIKE, checkpoint_folder
 
 
 def test_run_hosts_what_the_probe_runs_8bit_first_within_the_engine_budget(tmp_path):
@@ -43,7 +43,7 @@ def test_help_lists_every_stage_command():
 
 def test_a_stage_that_fails_to_import_fails_loudly(monkeypatch):
     """Before, a ModuleNotFoundError inside quantserve.* dropped the stage and its commands from --help."""
-    from quantserve import cli
+    from quantserve.app import cli
 
     monkeypatch.setattr(cli, "_STAGES", ("quantserve.no_such_stage",))
     with pytest.raises(ModuleNotFoundError, match=r"quantserve\.no_such_stage"):

@@ -4,7 +4,7 @@ from quantserve import probe as probe_mod
 from quantserve.checkpoint import FORMATS, runtime_of_format
 from quantserve.machine import ISA_FLAGS
 from quantserve.probe import ALL_CORES_ENV, ProbeResult, Trial, cache_path, cached, table_rows
-from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
+from tests.support.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder, probe_result
 
 VLLM_FORMATS = [f for f in FORMATS if runtime_of_format(f) == "vllm"]
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from eval_fake_openai import serve
+
+from tests.support.eval_fake_openai import serve
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from eval_fake_openai import API_KEY, CHUNKS, PROMPT_TOKENS
 
 from quantserve.errors import UserError
 from quantserve.eval.endpoint import Endpoint, check_models
@@ -17,7 +16,8 @@ from quantserve.eval.loadgen import (
 )
 from quantserve.eval.metrics import compute_metrics
 from quantserve.eval.scenarios import ScenarioItem
-from tests.helpers import free_port
+from tests.support.eval_fake_openai import API_KEY, CHUNKS, PROMPT_TOKENS
+from tests.support.helpers import free_port
 
 ITEMS = [ScenarioItem(id=f"q{i}", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=8)
          for i in range(3)]

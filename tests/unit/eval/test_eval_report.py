@@ -9,7 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from eval_fixtures import (
+
+from quantserve.errors import UserError
+from quantserve.eval.report import ReportConstraints, build_report, make_report
+from quantserve.manifest import GRID_NOTE
+from tests.support.eval_fixtures import (
     AWQ,
     GPTQ,
     NF4,
@@ -21,10 +25,6 @@ from eval_fixtures import (
     write_manifests,
     write_run,
 )
-
-from quantserve.errors import UserError
-from quantserve.eval.report import ReportConstraints, build_report, make_report
-from quantserve.manifest import GRID_NOTE
 
 VARIANT_KEYS = {"name", "method", "bits", "size_bytes", "size_ratio", "servable_here", "servable_reason",
                 "quality", "latency", "throughput", "goodput_rps", "cost", "by_concurrency",
@@ -274,9 +274,8 @@ def test_report_says_where_the_time_goes_and_whether_the_100ms_target_holds(tmp_
 
 
 def test_a_mixed_variant_is_in_the_frontier_and_the_notes_say_which_layers_stay_at_8_bits(run: Path):
-    from eval_fixtures import manifest
-
     from quantserve.manifest import MixedPrecision, PromotedLayers
+    from tests.support.eval_fixtures import manifest
 
     mixed = manifest("smol-mixed-w4a16-w8a8", "mixed-w4a16-w8a8", "mixed", "W4A16_ASYM+W8A8", 4, 121_000_000,
                      12.45, 0.03, 0.92, servable=False, reason="built elsewhere")

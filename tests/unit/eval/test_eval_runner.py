@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_fake_openai import API_KEY, CHUNKS
 
 from quantserve.errors import UserError
 from quantserve.eval.report import build_report
 from quantserve.eval.runner import EvalConfig, guess_source, run_eval_async
-from tests.helpers import free_port
+from tests.support.eval_fake_openai import API_KEY, CHUNKS
+from tests.support.helpers import free_port
 
 SCENARIO = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 8} for i in range(3)]
 TASKS = [

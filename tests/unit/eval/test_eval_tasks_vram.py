@@ -125,7 +125,7 @@ def test_shipped_task_set_is_checkable_and_matches_its_generator():
     import importlib.util
 
     from quantserve.eval.tasks import default_tasks_path
-    from tests.conftest import REPO
+    from tests.support.cli import REPO
 
     tasks = load_tasks(default_tasks_path())
     assert len(tasks) >= 480 and len({t.id for t in tasks}) == len(tasks)

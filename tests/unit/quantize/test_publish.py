@@ -14,8 +14,8 @@ from quantserve import atomic
 from quantserve.errors import UserError
 from quantserve.manifest import Manifest, list_manifests
 from quantserve.quantize import publish
-from tests.conftest import REPO
-from tests.unit.core.test_manifest import make_manifest
+from tests.support.cli import REPO
+from tests.support.manifests import make_manifest, variant_build
 
 
 def test_foreign_output_folder_is_refused(tmp_path):
@@ -66,20 +66,12 @@ def test_build_killed_midway_leaves_nothing_listed_and_is_cleaned_next_time(tmp_
     assert not any(p.name.startswith(".m-awq") for p in tmp_path.iterdir())
 
 
-def _build(target: Path, weights: str) -> Path:
-    tmp = publish.temp_dir_for(target)
-    tmp.mkdir()
-    (tmp / "weights.safetensors").write_text(weights)
-    make_manifest(name=target.name).write(tmp)
-    return tmp
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RENAME_EXCHANGE is Linux only")
 def test_replacing_a_variant_is_one_exchange_where_the_filesystem_has_it(tmp_path, monkeypatch):
     publish.prepare_out_dir(tmp_path)
     target = tmp_path / "m-gptq"
-    publish.publish(_build(target, "one"), target)
-    new = _build(target, "two")
+    publish.publish(variant_build(target, "one"), target)
+    new = variant_build(target, "two")
 
     def no_rename(self, dst):
         raise AssertionError(f"{self} -> {dst}: a rename leaves a moment with no {target.name}")
@@ -98,7 +90,7 @@ def test_replacing_falls_back_to_renames_where_exchange_is_unsupported(tmp_path,
     publish.prepare_out_dir(tmp_path)
     target = tmp_path / "m-gptq"
     for version in ("one", "two"):
-        publish.publish(_build(target, version), target)
+        publish.publish(variant_build(target, version), target)
     assert (target / "weights.safetensors").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m-gptq")] == []
 
@@ -111,11 +103,11 @@ def test_replace_killed_between_its_two_renames_keeps_the_old_variant(tmp_path):
         import os, pathlib, signal
         from quantserve import atomic
         from quantserve.quantize import publish
-        from tests.unit.quantize.test_publish import _build
+        from tests.support.manifests import variant_build
         out = pathlib.Path({str(tmp_path)!r}); publish.prepare_out_dir(out)
         target = out / "m-gptq"
-        publish.publish(_build(target, "one"), target)
-        new = _build(target, "two")
+        publish.publish(variant_build(target, "one"), target)
+        new = variant_build(target, "two")
         atomic.exchange = lambda tmp, target: False
         real_rename = pathlib.Path.rename
         def rename(self, dst):

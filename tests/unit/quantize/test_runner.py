@@ -11,7 +11,7 @@ from quantserve.manifest import MANIFEST_NAME, Manifest, list_manifests
 from quantserve.quantize import publish
 
 if TYPE_CHECKING:
-    from tests.unit.quantize.conftest import FakeQuantize
+    from tests.support.fake_quantize import FakeQuantize
 
 
 class _Killed(BaseException):

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
-from serve_helpers import FAKE_MODEL, free_port
 
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayThread
 from quantserve.serve.keys import KeyStore
+from tests.support.serve_fake_upstream import FakeState, ThreadedServer, create_fake_app
+from tests.support.serve_helpers import FAKE_MODEL, Gateway, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -30,25 +28,6 @@ def fake_upstream() -> Iterator[tuple[ThreadedServer, FakeState]]:
     server = ThreadedServer(create_fake_app(state), free_port()).start()
     yield server, state
     server.stop()
-
-
-@dataclass
-class Gateway:
-    url: str
-    config: ServeConfig
-    thread: GatewayThread
-    db_url: str
-    key: str | None
-
-    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
-        token = key if key is not None else self.key
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        kwargs.setdefault("timeout", 30)
-        return httpx.Client(base_url=self.url, headers=headers, trust_env=False, **kwargs)
-
-    @property
-    def runtime(self) -> Any:
-        return self.thread.app.state.runtime  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from quantserve.manifest import Manifest, SourceInfo
 from quantserve.serve.catalog import resolve_catalog
 from quantserve.serve.config import EXAMPLE_CONFIG, ServeConfig, build_config, load_config
 from quantserve.serve.vllm_command import EngineSpec, build_engine_specs
-from tests.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder
+from tests.support.probe_fixtures import AMX_LIKE, AVX2_LIKE, NO_INT4, checkpoint_folder
 
 
 def write_yaml(path: Path, data: dict) -> Path:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serve_helpers import free_port
 
 from quantserve.errors import UserError
 from quantserve.serve.config import EngineSettings
 from quantserve.serve.engines import Engine, EngineGroup, EngineState
 from quantserve.serve.vllm_command import EngineSpec
+from tests.support.serve_helpers import free_port
 
 STAND_IN = textwrap.dedent("""
     import http.server, os, subprocess, sys, time

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
 from quantserve.serve.keys import KeyStore
+from tests.support.serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
 
 def assert_openai_error(reply: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_helpers import FAKE_MODEL, chat_body
 
 from quantserve.serve.errors import from_upstream
+from tests.support.serve_helpers import FAKE_MODEL, chat_body
 
 
 def post_raw(client: httpx.Client, body: bytes, path: str = "/v1/chat/completions") -> httpx.Response:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 import openai
-from serve_helpers import FAKE_MODEL
+
+from tests.support.serve_helpers import FAKE_MODEL
 
 
 def test_models_carry_format_and_dtype_for_local_engines_and_null_for_external(make_gateway, fake_upstream):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-from serve_helpers import FAKE_MODEL, chat_body, wait_until
-from test_serve_streaming import ledger_rows, sse_payloads
-
 from quantserve.serve.sse import strip_timings_field, usage_of
+from tests.support.serve_helpers import FAKE_MODEL, chat_body, ledger_rows, sse_payloads, wait_until
 
 
 def _gateway(make_gateway, runtime: str):

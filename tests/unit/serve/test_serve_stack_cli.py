@@ -13,12 +13,12 @@ import httpx
 import psutil
 import pytest
 import yaml
-from serve_helpers import FAKE_MODEL, chat_body, free_port
 from sqlalchemy import create_engine, text
 
 from quantserve.serve.config import load_config
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.stack import ServeStack
+from tests.support.serve_helpers import FAKE_MODEL, chat_body, free_port
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])

@@ -9,27 +9,9 @@ import time
 from typing import Any
 
 import httpx
-from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
-from sqlalchemy import create_engine, text
 
 from quantserve.serve.keys import KeyStore
-
-
-def sse_payloads(reply: httpx.Response) -> list[Any]:
-    out: list[Any] = []
-    for line in reply.iter_lines():
-        if line.startswith("data: "):
-            data = line[6:]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
-
-
-def ledger_rows(db_url: str) -> list[dict[str, Any]]:
-    engine = create_engine(db_url)
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM qs_usage ORDER BY id")).mappings().all()
-    engine.dispose()
-    return [dict(r) for r in rows]
+from tests.support.serve_helpers import FAKE_MODEL, chat_body, free_port, ledger_rows, sse_payloads, wait_until
 
 
 def test_stream_without_usage_hides_the_usage_chunk_but_meters_it(make_gateway, fake_upstream):

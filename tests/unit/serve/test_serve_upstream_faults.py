@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayProcess
+from tests.support.serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
 ANSWER = json.dumps({"id": "raw-1", "object": "chat.completion", "created": 0, "model": FAKE_MODEL,
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -120,6 +120,22 @@ def test_a_dropped_pooled_connection_is_retried_on_a_fresh_one(make_gateway, raw
             assert reply.status_code == 200, reply.text
         assert raw_upstream.dropped == 1
         assert ready_upstreams(client) == 1
+
+
+def test_a_stream_on_a_dropped_pooled_connection_is_retried_and_its_connection_closed(make_gateway, raw_upstream):
+    # The same retry for a stream, in the one place it lives (the upstream client): the fresh connection it opens
+    # lives as long as the stream and is closed with it.
+    raw_upstream.drop_second_post_once = True
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        for _ in range(2):
+            with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as reply:
+                assert reply.status_code == 200 and b'"content": "ok"' in reply.read()
+        assert raw_upstream.dropped == 1 and raw_upstream.posts == 4
+        assert ready_upstreams(client) == 1
+        assert wait_until(lambda: gw.runtime.pools[FAKE_MODEL].in_flight() == 0)
 
 
 def test_a_failing_request_does_not_mark_an_engine_down_that_answers_health(make_gateway, raw_upstream):

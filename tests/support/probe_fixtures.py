@@ -76,7 +76,7 @@ def machine_probe() -> dict:
 
     python = serve_python()
     assert python is not None, "no serving environment (.venv) to probe with"
-    proc = subprocess.run([python, "-m", "quantserve.cli", "probe", "--json"], capture_output=True, text=True,
+    proc = subprocess.run([python, "-m", "quantserve.app.cli", "probe", "--json"], capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

@@ -1,4 +1,4 @@
-"""Small helpers every test folder may use: `from tests.helpers import free_port, wait_until`."""
+"""Small helpers every test folder may use: `from tests.support.helpers import free_port, wait_until`."""
 
 from __future__ import annotations
 

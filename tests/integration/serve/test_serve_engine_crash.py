@@ -1,25 +1,36 @@
 """An engine SIGKILLed mid-stream: the client's stream ends with an error event, the gateway stays up, /ready
 reports the model down until the supervisor has restarted the engine, then requests succeed again.
-The file name sorts last: this test takes the session's only engine down."""
+This test takes the session's only engine down; it leaves it restarted and ready (the `engine_back` fixture waits
+for that even when the test fails), so the tests that share the engine may run before or after it."""
 
 from __future__ import annotations
 
 import os
 import signal
-import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-pytestmark = pytest.mark.serve
+from tests.support.live_stack import LiveStack, wait_ready
 
 
-def test_engine_killed_mid_stream(live):
+@pytest.fixture
+def engine_back(live: LiveStack) -> Iterator[None]:
+    """Restore what the test breaks, passed or failed: the next test finds the engine restarted and ready. The
+    supervisor's own restart brings it back: no engine is started here."""
+    yield
+    if not wait_ready(live.stack.base_url):
+        pytest.fail(f"engine not back after 240 s; log tail:\n{live.stack.engine(live.model).log_tail()}")
+
+
+def test_engine_killed_mid_stream(live, engine_back):
     engine = live.stack.engine(live.model)
     pgid = engine.pid
     assert pgid is not None
+    restarts = engine.restarts  # other tests may have run before this one, on the same engine
     base = live.stack.base_url
     stream = live.client().chat.completions.create(
         model=live.model, messages=[{"role": "user", "content": "Write a long story."}], max_tokens=1500,
@@ -40,14 +51,9 @@ def test_engine_killed_mid_stream(live):
         live.client().chat.completions.create(model=live.model, messages=[{"role": "user", "content": "hi"}])
     assert down.value.status_code == 503
 
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if httpx.get(f"{base}/ready", trust_env=False).status_code == 200:
-            break
-        time.sleep(1)
-    else:
+    if not wait_ready(base, timeout=240):
         pytest.fail(f"engine not back after 240 s; log tail:\n{engine.log_tail()}")
-    assert engine.restarts == 1 and engine.pid != pgid
+    assert engine.restarts == restarts + 1 and engine.pid != pgid
 
     reply = live.client().chat.completions.create(model=live.model, max_tokens=8,
                                                   messages=[{"role": "user", "content": "hi"}])
