@@ -39,6 +39,10 @@ class MeteredRequest:
     reserved_tokens: int = 0  # set aside by the key's tokens/min limit at admission, settled at finish
     queue_s: float = 0.0  # waiting for an engine slot
     overhead_s: float | None = None  # time in the gateway itself: not queued for a slot, not awaiting the engine
+    # (prompt, answers) tokens set aside at admission: what a request is billed when its client left a
+    # non-streamed answer the engine had started (the engine stops and reports nothing)
+    estimate: tuple[int, int] = (0, 0)
+    holds_key_slot: bool = False  # counts against its key's in-flight cap until it ends
     finished: bool = False
 
     @classmethod

@@ -142,8 +142,24 @@ class ServeConfig(BaseSettings):
     key_cache_ttl_s: float = 5.0  # how long a verified key is trusted before the database is asked again
     default_rpm: int | None = None  # for keys created without --rpm; None: unlimited
     default_tpm: int | None = None
-    # tokens/min admission sets aside the prompt (estimated) plus max_tokens; this many when max_tokens is absent
-    reserve_tokens_default: int = Field(default=256, ge=1)
+    # tokens/min admission sets aside the prompt (estimated) plus max_tokens per answer; when max_tokens is absent,
+    # this many, or None: what the engine may actually generate (engine.max_model_len less the prompt)
+    reserve_tokens_default: int | None = Field(default=None, ge=1)
+    # Answers a request may ask for: n x best_of x prompts in a list (each is generated and held in full), and
+    # those answers times top_logprobs (each token of each answer carries that many alternatives in the body)
+    max_choices: int = Field(default=16, ge=1)
+    max_logprob_fanout: int = Field(default=80, ge=1)
+    # a non-streamed answer larger than this is not buffered: 502 answer_too_large (stream it instead)
+    max_answer_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # a stream whose client reads nothing for this long is ended and its engine slot freed
+    stall_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=1800.0, gt=0)  # the longest one request may take, end to end
+    max_in_flight_per_key: int | None = Field(default=64, ge=1)  # per gateway process; None: no cap
+    # vLLM's prefix cache is shared: a per-key cache_salt keeps one tenant from timing another's cached prompts
+    cache_salt_per_key: bool = True
+    # pooled engine connections idle this long are closed by the gateway first, before the engine's own
+    # keep-alive (uvicorn: 5 s) closes them under a request in flight
+    upstream_keepalive_s: float = Field(default=2.0, gt=0)
     docs: bool = False  # /docs, /redoc and /openapi.json: off, so a public gateway does not publish its surface
     metrics_token: str | None = Field(default=None, repr=False)  # set: GET /metrics needs "Bearer <token>"
     # sent as "Bearer <key>" to every upstream; local engines get it as VLLM_API_KEY. None: a stack that starts

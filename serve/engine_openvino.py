@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import itertools
 import json
 import os
@@ -214,7 +215,7 @@ def create_app(engine: Engine, name: str, key: str | None, max_model_len: int):
     async def check_key(request: Request, call_next):
         if key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
-            if given != f"Bearer {key}":
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
                 return error(401, "Invalid API key", code="invalid_api_key", kind="authentication_error")
         return await call_next(request)
 

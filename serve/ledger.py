@@ -13,6 +13,11 @@ database exactly once: with the database back, rows in the table == requests. A 
 outage leaves its spill file, and the next one to start on that database (any process on this machine) replays it.
 
 If the writer task dies (cancelled, a bug), it is restarted and keeps the rows it held; the error is logged.
+
+A row the database refuses for what it holds (a constraint, a value too long: an error no retry can fix) is
+quarantined on its own, to `<spill>.rejected` with the reason in the log, and the rows around it go in: one bad
+row blocks neither its batch nor any later replay. When neither the database nor the spill file takes rows (the
+database away and the disk full), they go to the log as a last resort, and `/ready` and the metrics say so.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import make_url, select
+from sqlalchemy.exc import DataError, IntegrityError
 
 from quantserve.paths import state_dir
 from quantserve.serve.config import DatabaseSettings
@@ -43,6 +49,8 @@ _REPLAY_CHUNK = 500  # rows per replay transaction: a failure part-way redoes at
 # Together these tell one request's row from any other (ts has microseconds, latency_ms too); replay skips a
 # spilled row whose fingerprint the table already holds.
 _FINGERPRINT = ("ts", "key_id", "model", "endpoint", "status", "latency_ms", "gateway")
+# What the database says about a row's content, not about itself being away: retrying the same row cannot help.
+_ROW_ERRORS = (IntegrityError, DataError)
 
 
 @dataclass
@@ -83,12 +91,18 @@ class SpillFile:
         data = "".join(json.dumps(row) + "\n" for row in rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            with open(self.path, "a") as out:
+            with open(self.path, "a+") as out:
                 fcntl.flock(out, fcntl.LOCK_EX)
                 if not _is_current(out, self.path):
                     continue  # renamed for replay between open and lock: append to the new live file
+                size = out.seek(0, os.SEEK_END)
+                if size and (out.seek(size - 1), out.read(1))[1] != "\n":
+                    # a line torn by a crash mid-append: end it, so it alone is rejected at replay, not the
+                    # first row of this batch with it
+                    data = "\n" + data
                 # flushed to the kernel on close: survives a gateway crash; a machine crash may lose the tail
                 out.write(data)
+                out.flush()
                 return
 
     def pending(self) -> bool:
@@ -156,6 +170,10 @@ class Ledger:
         self.spilled = 0  # rows appended to the spill file
         self.replayed = 0  # spilled rows inserted by a replay
         self.restarts = 0  # times the writer task died and was started again
+        self.quarantined = 0  # rows the database refused for their content, moved to the rejected file
+        self.lost = 0  # rows neither the database nor the spill file took (written to the log)
+        self.spill_error: str | None = None  # the last failure to append to the spill file, until one succeeds
+        self.database_error: str | None = None  # the last failed write or replay, until one succeeds
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_queue)
         self._held: list[UsageRecord] = []  # taken off the queue by the writer, not yet handed to a write
         self._db_down_until = 0.0  # monotonic; before it, rows go straight to the spill file
@@ -268,23 +286,72 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 conn.execute(usage.insert(), rows)
+        except _ROW_ERRORS:
+            self._insert_one_by_one(rows)
+            return
         except Exception as err:  # any driver error: the rows go to the spill file, not away
             # No retry here: a failed commit may still have landed, and only the replay checks for that.
             # (A connection the server had closed is replaced before use by pool_pre_ping.)
             self._db_down_until = time.monotonic() + self.retry_interval_s
+            self.database_error = first_line(err)
             self._spill(rows, f"the database write failed: {first_line(err)}")
             return
         self.written += len(rows)
         self._db_down_until = 0.0
+        self.database_error = None
+
+    def _insert_one_by_one(self, rows: list[dict[str, Any]]) -> int:
+        """A batch the database refused for a row's content: each row alone, the bad ones quarantined. Returns
+        the rows inserted; a database that goes away meanwhile raises (the caller spills or retries)."""
+        inserted = 0
+        for row in rows:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(usage.insert(), [row])
+            except _ROW_ERRORS as err:
+                self._quarantine([row], first_line(err))
+                continue
+            inserted += 1
+        self.written += inserted
+        self._db_down_until = 0.0
+        self.database_error = None
+        return inserted
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.spill.path.with_name(f"{self.spill.path.name}.rejected")
+
+    def _quarantine(self, rows: list[dict[str, Any]], why: str) -> None:
+        self.quarantined += len(rows)
+        try:
+            self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.rejected_path, "a") as out:
+                out.writelines(json.dumps(row) + "\n" for row in rows)
+        except OSError as err:
+            log.error("ledger: %d rows refused by the database (%s) and not storable (%s): %s", len(rows), why,
+                      err, json.dumps(rows))
+            return
+        log.error("ledger: the database refused %d rows for their content (%s); moved to %s", len(rows), why,
+                  self.rejected_path)
+
+    def health(self) -> dict[str, Any]:
+        """What /ready and the metrics say about the ledger: `storing` is false while rows are being lost."""
+        return {"storing": self.spill_error is None or self.database_error is None,
+                "database_error": self.database_error, "spill_error": self.spill_error,
+                "spilled": self.spilled, "replayed": self.replayed, "quarantined": self.quarantined,
+                "lost": self.lost, "queued": self.pending()}
 
     def _spill(self, rows: list[dict[str, Any]], why: str) -> None:
         try:
             self.spill.append(rows)
         except OSError as err:
             # Neither the database nor the disk takes them: the log is the last place left.
+            self.lost += len(rows)
+            self.spill_error = f"{self.spill.path}: {err}"
             log.error("ledger: %d rows could not be stored (%s; spill file %s: %s); they follow: %s",
                       len(rows), why, self.spill.path, err, json.dumps(rows))
             return
+        self.spill_error = None
         self.spilled += len(rows)
         now = time.monotonic()
         if now - self._last_warning >= self.retry_interval_s:  # one line per interval, not per row
@@ -304,6 +371,7 @@ class Ledger:
             count = self.replay()
         except Exception as err:  # the database is still away; the spill stays for the next round
             self._db_down_until = time.monotonic() + self.retry_interval_s
+            self.database_error = first_line(err)
             log.warning("ledger: replay of %s failed, will retry in %g s: %s", self.spill.path,
                         self.retry_interval_s, first_line(err))
             return
@@ -340,7 +408,7 @@ class Ledger:
             if chunk:
                 inserted += self._insert_missing(chunk)
             if rejected:
-                bad = claimed.with_name(f"{self.spill.path.name}.rejected")
+                bad = self.rejected_path
                 with open(bad, "a") as out:
                     out.writelines(line + "\n" for line in rejected)
                 log.error("ledger: %d unreadable lines in %s moved to %s", len(rejected), claimed, bad)
@@ -350,15 +418,23 @@ class Ledger:
     def _insert_missing(self, rows: list[dict[str, Any]]) -> int:
         columns = [usage.c[name] for name in _FINGERPRINT]
         ts = [row["ts"] for row in rows]
-        with self.engine.begin() as conn:
-            present = set(conn.execute(
-                select(*columns).where(usage.c.ts.between(min(ts), max(ts)),
-                                       usage.c.gateway.in_({row["gateway"] for row in rows}))
-            ).tuples())
-            missing = [row for row in rows if tuple(row[name] for name in _FINGERPRINT) not in present]
-            if missing:
-                conn.execute(usage.insert(), missing)
+        missing: list[dict[str, Any]] = []
+        try:
+            with self.engine.begin() as conn:
+                present = set(conn.execute(
+                    select(*columns).where(usage.c.ts.between(min(ts), max(ts)),
+                                           usage.c.gateway.in_({row["gateway"] for row in rows}))
+                ).tuples())
+                missing = [row for row in rows if tuple(row[name] for name in _FINGERPRINT) not in present]
+                if missing:
+                    conn.execute(usage.insert(), missing)
+        except _ROW_ERRORS:  # one row's content: the others go in, it is quarantined (the whole insert rolled back)
+            inserted = self._insert_one_by_one(missing)
+            self.written -= inserted  # counted as replayed, below
+            self.replayed += inserted
+            return inserted
         self._db_down_until = 0.0  # it answered: the writer goes back to the database
+        self.database_error = None
         self.replayed += len(missing)
         return len(missing)
 

@@ -36,5 +36,16 @@ class GatewayMetrics:
         self.queued = Gauge("quantserve_queued_requests", "Requests waiting for an engine slot", ["model"],
                             registry=r)
 
+        self.ledger_rows = Gauge("quantserve_ledger_rows", "Usage rows since start, by where they went: spilled "
+                                 "(to the spill file), replayed (from it), quarantined (refused for their content), "
+                                 "lost (only in the log), queued (not yet written)", ["state"], registry=r)
+        self.ledger_storing = Gauge("quantserve_ledger_storing", "0 while usage rows can be stored neither in "
+                                    "the database nor in the spill file (e.g. the disk is full)", registry=r)
+
+    def observe_ledger(self, health: dict[str, object]) -> None:
+        for state in ("spilled", "replayed", "quarantined", "lost", "queued"):
+            self.ledger_rows.labels(state).set(float(health[state]))  # type: ignore[arg-type]
+        self.ledger_storing.set(1.0 if health["storing"] else 0.0)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

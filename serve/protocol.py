@@ -81,13 +81,25 @@ class _GenerationRequest(BaseModel):
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
 
-    def reserved_tokens(self, default: int) -> int:
-        """What a tokens/min limit sets aside at admission, before the engine says what was used."""
-        return (self.max_tokens or default) * (self.n or 1)
+    def answer_limit(self) -> int | None:
+        """max_tokens per answer, as the client set it."""
+        return self.max_tokens
+
+    def reserved_tokens(self, when_unlimited: int) -> int:
+        """What a tokens/min limit sets aside for the answers at admission, before the engine says what was used:
+        `when_unlimited` per answer when the client set no max_tokens."""
+        return (self.answer_limit() or when_unlimited) * self.choices()
 
     def choices(self) -> int:
-        """How many answers the engine generates for this request."""
+        """How many answers the engine generates (and holds) for this request."""
         return self.n or 1
+
+    def answers_per_prompt(self) -> int:
+        return self.n or 1
+
+    def logprob_fanout(self) -> int:
+        """Alternatives per generated token that the answer carries."""
+        return 0
 
 
 class ChatMessage(BaseModel):
@@ -119,8 +131,11 @@ class ChatCompletionRequest(_GenerationRequest):
     def prompt_text(self) -> str:
         return json.dumps([m.model_dump(exclude_none=True) for m in self.messages])[:4000]
 
-    def reserved_tokens(self, default: int) -> int:
-        return (self.max_completion_tokens or self.max_tokens or default) * (self.n or 1)
+    def answer_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def logprob_fanout(self) -> int:
+        return (self.top_logprobs or 1) if self.logprobs else 0
 
 
 class CompletionRequest(_GenerationRequest):
@@ -130,9 +145,18 @@ class CompletionRequest(_GenerationRequest):
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     def choices(self) -> int:
-        batch = len(self.prompt) if self.prompt and isinstance(self.prompt, list) and \
+        return self.answers_per_prompt() * self.prompts()
+
+    def answers_per_prompt(self) -> int:
+        return max(self.n or 1, self.best_of or 1)
+
+    def prompts(self) -> int:
+        """A list of strings or of token lists is a batch of prompts; a string or one token list is one."""
+        return len(self.prompt) if self.prompt and isinstance(self.prompt, list) and \
             not isinstance(self.prompt[0], int) else 1
-        return max(self.n or 1, self.best_of or 1) * batch
+
+    def logprob_fanout(self) -> int:
+        return self.logprobs or 0
 
     def prompt_text(self) -> str:
         return (self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt))[:4000]

@@ -42,8 +42,9 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request, model: str | None = None) -> JSONResponse:
-    """200 while at least one model can take requests, so one engine rolling or crashing takes no gateway out of
-    a load balancer; `?model=NAME` answers for that model alone (404 for a model not served here)."""
+    """200 while at least one model can take requests and usage rows can be stored, so one engine rolling or
+    crashing takes no gateway out of a load balancer; `?model=NAME` answers for that model alone (404 for a model
+    not served here)."""
     pools = runtime(request).pools
     if model is not None and model not in pools:
         raise OpenAIError(404, f"The model '{model[:200]}' does not exist here", type="invalid_request_error",
@@ -58,8 +59,10 @@ async def ready(request: Request, model: str | None = None) -> JSONResponse:
         for name, pool in pools.items()
         if model is None or name == model
     }
-    is_ready = any(m["ready"] for m in models.values())
-    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models},
+    ledger = runtime(request).ledger.health()
+    # a gateway that can store no usage row (database away and disk full) would serve unbilled traffic
+    is_ready = any(m["ready"] for m in models.values()) and bool(ledger["storing"])
+    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models, "ledger": ledger},
                         status_code=200 if is_ready else 503)
 
 
@@ -72,6 +75,7 @@ async def metrics(request: Request) -> Response:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise OpenAIError(401, "GET /metrics needs 'Authorization: Bearer <metrics_token>'",
                               code="invalid_metrics_token", headers={"WWW-Authenticate": "Bearer"})
+    rt.metrics.observe_ledger(rt.ledger.health())
     return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

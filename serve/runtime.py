@@ -62,10 +62,9 @@ class GatewayRuntime:
     async def start(self) -> None:
         capacity = sum(u.max_in_flight for pool in self.pools.values() for u in pool.upstreams)
         self.client = UpstreamClient(self.config.upstream_api_key, read_timeout_s=self.config.upstream_timeout_s,
-                                     max_connections=capacity + 16)
+                                     max_connections=capacity + 16, keepalive_s=self.config.upstream_keepalive_s)
         self.proxy = ProxyService(self.client, self.pools, self.accounting, self.authenticator, self.limiter,
-                                  self.config.max_body_bytes, self.config.log_prompts,
-                                  self.config.reserve_tokens_default)
+                                  self.config)
         await self.ledger.start()
         self.health = HealthMonitor(self.pools, self.client, self.config.health_interval_s,
                                     self.config.health_timeout_s, self.config.health_timeouts_down)

@@ -13,6 +13,7 @@ leaving or a bug.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -24,14 +25,22 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from quantserve.serve.accounting import Accounting, MeteredRequest
 from quantserve.serve.auth import Authenticator
+from quantserve.serve.config import ServeConfig
 from quantserve.serve.errors import OpenAIError, from_upstream
 from quantserve.serve.limits import RateLimiter
-from quantserve.serve.protocol import T, parse_body
-from quantserve.serve.sse import EventSplitter, inspect_event, strip_timings_field, strip_usage_field, usage_of
+from quantserve.serve.protocol import ChatCompletionRequest, CompletionRequest, T, parse_body
+from quantserve.serve.sse import (
+    EventSplitter,
+    choice_index,
+    inspect_event,
+    strip_timings_field,
+    strip_usage_field,
+    usage_of,
+)
 from quantserve.serve.timing import OVERHEAD_HEADER, ms
 from quantserve.serve.upstream_client import UpstreamClient, UpstreamFailure, UpstreamStream
 from quantserve.serve.upstreams import ModelPool, Upstream
@@ -39,6 +48,7 @@ from quantserve.serve.upstreams import ModelPool, Upstream
 log = logging.getLogger("quantserve.serve.serving")
 
 CLIENT_CLOSED = 499  # nginx's convention, for the ledger: the client left before the answer was complete
+_PARSE_OFF_LOOP_BYTES = 256 * 1024  # JSON bodies larger than this are decoded in a worker thread
 # Runtimes whose usage counts one answer per request (llama.cpp's server; our OpenVINO server generates one).
 ONE_CHOICE_RUNTIMES = frozenset({"llama.cpp", "openvino"})
 _R = TypeVar("_R")
@@ -48,6 +58,27 @@ class ClientGone(Exception):
     pass
 
 
+def _check_fanout(parsed: ChatCompletionRequest | CompletionRequest, config: ServeConfig) -> None:
+    """A request's answers are generated and held whole (and a non-streamed body read whole): bound how many."""
+    choices = parsed.choices()
+    if choices > config.max_choices:
+        raise OpenAIError(400, f"this request asks for {choices} answers (n x best_of x prompts); the limit here is "
+                          f"{config.max_choices}", param="n", code="too_many_choices")
+    fanout = choices * parsed.logprob_fanout()
+    if fanout > config.max_logprob_fanout:
+        param = "top_logprobs" if isinstance(parsed, ChatCompletionRequest) else "logprobs"
+        raise OpenAIError(400, f"{choices} answers x {parsed.logprob_fanout()} logprobs per token is {fanout}; the "
+                          f"limit here is {config.max_logprob_fanout}: ask for fewer of either", param=param,
+                          code="too_many_logprobs")
+
+
+def _cache_salt(key_id: str, asked: object) -> str:
+    """The key's own prefix-cache namespace; a salt the client sent still separates its own requests, but can
+    never name another key's namespace."""
+    seed = f"{key_id}\0{asked}" if isinstance(asked, str) and asked else key_id
+    return "qs-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class _UsageShown:
     """What usage the client asked to see in its stream (the engine is always asked for all of it)."""
@@ -55,6 +86,7 @@ class _UsageShown:
     final: bool = False  # stream_options.include_usage: the last chunk carries the usage
     continuous: bool = False  # stream_options.continuous_usage_stats: every chunk carries the running usage
     strip_timings: bool = False  # llama.cpp's per-token timings were asked for by the gateway, not the client
+    answers_per_prompt: int = 1  # n (best_of): choice i of a stream answers prompt i // answers_per_prompt
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -80,18 +112,26 @@ class ProxyService:
         accounting: Accounting,
         authenticator: Authenticator,
         limiter: RateLimiter,
-        max_body_bytes: int,
-        log_prompts: bool = False,
-        default_reserved_tokens: int = 256,
+        config: ServeConfig,
     ) -> None:
         self.client = client
         self.pools = pools
         self.accounting = accounting
         self.authenticator = authenticator
         self.limiter = limiter
-        self.max_body_bytes = max_body_bytes
-        self.log_prompts = log_prompts
-        self.default_reserved_tokens = default_reserved_tokens
+        self.config = config
+        self._in_flight: dict[str, int] = {}  # per key id, on this gateway process
+
+    def _settle(self, rec: MeteredRequest) -> None:
+        """The end of a request: its key's in-flight slot back, its usage accounted (once)."""
+        if rec.holds_key_slot and rec.key is not None:
+            rec.holds_key_slot = False
+            left = self._in_flight.get(rec.key.id, 1) - 1
+            if left > 0:
+                self._in_flight[rec.key.id] = left
+            else:
+                self._in_flight.pop(rec.key.id, None)
+        self.accounting.finish(rec)
 
     async def handle(self, request: Request, endpoint: str, schema: type[T]) -> Response:
         """Answers one generation request and accounts for it exactly once."""
@@ -101,7 +141,7 @@ class ProxyService:
             response = await self._handle(request, rec, schema)
             if isinstance(response, _RelayResponse):
                 relayed = True  # the stream is still to be relayed: it is finished when the response closes
-                response.after_close(lambda: self.accounting.finish(rec))
+                response.after_close(lambda: self._settle(rec))
             return response
         except OpenAIError as err:
             rec.status, rec.error_type = err.status, err.type
@@ -116,13 +156,17 @@ class ProxyService:
             return failure.response()
         finally:
             if not relayed:
-                self.accounting.finish(rec)
+                self._settle(rec)
 
     async def _handle(self, request: Request, rec: MeteredRequest, schema: type[T]) -> Response:
         rec.key = await self.authenticator.authenticate(request.headers.get("authorization"))
         rec.authenticated = True
-        raw = await read_body(request, self.max_body_bytes)
-        parsed, payload = parse_body(raw, schema)
+        config = self.config
+        raw = await read_body(request, config.max_body_bytes)
+        if len(raw) > _PARSE_OFF_LOOP_BYTES:  # a big body would stall every other request while it is decoded
+            parsed, payload = await asyncio.to_thread(parse_body, raw, schema)
+        else:
+            parsed, payload = parse_body(raw, schema)
         pool = self.pools.get(parsed.model)
         if pool is None:
             raise OpenAIError(404, f"The model '{parsed.model[:200]}' does not exist here; GET /v1/models "
@@ -135,25 +179,43 @@ class ProxyService:
                               "request here (n, best_of and a list of prompts must ask for one): its usage "
                               "counts one answer only, so the ledger could not bill the others",
                               param="n", code="unsupported_parameter")
-        if self.log_prompts:
+        _check_fanout(parsed, config)
+        if config.log_prompts:
             rec.prompt_text = parsed.prompt_text()
+        # the prompt's tokens are not known before the engine counts them: ~4 bytes a token over-reserves
+        prompt_estimate = math.ceil(len(raw) / 4)
+        # without max_tokens an engine may generate up to its context length, less the prompt (a list of prompts
+        # shares the body's bytes, so the estimate is for the longest one, at most)
+        per_answer = config.reserve_tokens_default or max(1, config.engine.max_model_len - prompt_estimate)
+        reserve = prompt_estimate + parsed.reserved_tokens(per_answer)
+        rec.estimate = (prompt_estimate, reserve - prompt_estimate)
         if rec.key is not None:
-            # the prompt's tokens are not known before the engine counts them: ~4 bytes a token over-reserves
-            reserve = math.ceil(len(raw) / 4) + parsed.reserved_tokens(self.default_reserved_tokens)
-            refused = self.limiter.admit(rec.key.id, rec.key.rpm, rec.key.tpm, reserve)
+            key = rec.key
+            cap = config.max_in_flight_per_key
+            if cap is not None and self._in_flight.get(key.id, 0) >= cap:
+                raise OpenAIError(429, f"this key has {cap} requests in flight on this gateway, its limit; wait "
+                                  "for one to finish", code="too_many_requests_in_flight",
+                                  headers={"Retry-After": "1"})
+            refused = self.limiter.admit(key.id, key.rpm, key.tpm, reserve)
             if refused is not None:
-                limit = rec.key.rpm if refused.limit == "requests" else rec.key.tpm
+                limit = key.rpm if refused.limit == "requests" else key.tpm
                 headers = {"Retry-After": str(refused.retry_after_s)} if refused.retry_after_s else {}
                 raise OpenAIError(429, refused.message(limit or 0), code="rate_limit_exceeded", headers=headers)
-            rec.reserved_tokens = reserve if rec.key.tpm is not None else 0
-        shown = _UsageShown()
+            rec.reserved_tokens = reserve if key.tpm is not None else 0
+            self._in_flight[key.id] = self._in_flight.get(key.id, 0) + 1
+            rec.holds_key_slot = True
+            if config.cache_salt_per_key and pool.runtime in (None, "vllm"):
+                payload["cache_salt"] = _cache_salt(key.id, payload.get("cache_salt"))
+                raw = json.dumps(payload).encode()
+        shown = _UsageShown(answers_per_prompt=parsed.answers_per_prompt())
         body = raw
         if rec.stream:
             # Ask the engine for usage on every chunk, so the ledger is exact even for a stream the client cuts
             # short; what the client did not ask for is removed from what it sees.
             asked = parsed.stream_options
             shown = _UsageShown(final=bool(asked and asked.include_usage),
-                                continuous=bool(asked and asked.continuous_usage_stats))
+                                continuous=bool(asked and asked.continuous_usage_stats),
+                                answers_per_prompt=parsed.answers_per_prompt())
             options = payload.get("stream_options") or {}
             if not (shown.final and shown.continuous):
                 payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
@@ -161,7 +223,7 @@ class ProxyService:
             if pool.runtime == "llama.cpp" and not payload.get("timings_per_token"):
                 # llama.cpp has no continuous usage; its running timings (prompt_n + cache_n, predicted_n) on every
                 # token chunk bill a stream the client cuts short, and are removed from what the client sees
-                shown = _UsageShown(shown.final, shown.continuous, strip_timings=True)
+                shown = _UsageShown(shown.final, shown.continuous, strip_timings=True)  # one answer: checked above
                 payload["timings_per_token"] = True
                 body = json.dumps(payload).encode()
         watcher = _DisconnectWatcher(request)
@@ -181,10 +243,11 @@ class ProxyService:
             try:
                 upstream = await watcher.race(pool.acquire(), on_late_result=pool.release)
             except ClientGone:
-                return self._client_gone(rec)
+                return self._client_gone(rec, engine_started=False)
             rec.queue_s += time.perf_counter() - queued_from
             if rec.stream:
-                relay = _StreamRelay(self.client, pool, upstream, rec, shown)
+                relay = _StreamRelay(self.client, pool, upstream, rec, shown,
+                                     deadline=rec.started + self.config.request_timeout_s)
                 try:
                     await relay.open(body)
                 except BaseException:
@@ -193,7 +256,9 @@ class ProxyService:
                 if relay.error is None:
                     watcher.stop()  # from here the streaming response listens for the client leaving
                     rec.overhead_s = relay.overhead_s()
-                    return _RelayResponse(relay.events(), on_close=relay.close, media_type="text/event-stream",
+                    return _RelayResponse(relay.events(), on_close=relay.close, on_stall=relay.stalled,
+                                          stall_timeout_s=self.config.stall_timeout_s,
+                                          media_type="text/event-stream",
                                           headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                                                    OVERHEAD_HEADER: ms(rec.overhead_s)})
                 await relay.close()  # frees the slot
@@ -211,18 +276,28 @@ class ProxyService:
         raise AssertionError("unreachable: the last try returns or raises")
 
     @staticmethod
-    def _client_gone(rec: MeteredRequest) -> Response:
+    def _client_gone(rec: MeteredRequest, engine_started: bool) -> Response:
         rec.status = CLIENT_CLOSED
+        if engine_started:
+            # the engine stops when its connection closes and reports no usage: the client pays what it set aside
+            rec.prompt_tokens, rec.completion_tokens = rec.estimate
         return Response(status_code=CLIENT_CLOSED)
 
     async def _unary(self, rec: MeteredRequest, pool: ModelPool, upstream: Upstream, body: bytes,
                      watcher: _DisconnectWatcher) -> Response:
         url = f"{upstream.base_url}{rec.endpoint}"
         sent = time.perf_counter()
+        limit_s = rec.started + self.config.request_timeout_s - sent
         try:
-            status, content = await watcher.race(self.client.post(url, body))
+            async with asyncio.timeout(limit_s):
+                status, content = await watcher.race(
+                    self.client.post(url, body, max_bytes=self.config.max_answer_bytes))
+        except TimeoutError:
+            rec.prompt_tokens, rec.completion_tokens = rec.estimate  # the engine worked until now: see _client_gone
+            raise OpenAIError(504, f"the request ran past the gateway's {self.config.request_timeout_s:g} s limit",
+                              code="request_timeout") from None
         except ClientGone:
-            return self._client_gone(rec)
+            return self._client_gone(rec, engine_started=True)
         except UpstreamFailure as failure:
             error = transport_failure(pool, upstream, failure)
             if failure.kind == "refused":
@@ -232,7 +307,9 @@ class ProxyService:
         if status >= 400:
             raise from_upstream(status, content)
         try:
-            data = json.loads(content)
+            # hundreds of logprobs per token make bodies of many MB: decoded off the event loop
+            data = await asyncio.to_thread(json.loads, content) if len(content) > _PARSE_OFF_LOOP_BYTES \
+                else json.loads(content)
         except ValueError:
             data = None
         usage = (data.get("usage") if isinstance(data, dict) else None) or {}
@@ -255,6 +332,9 @@ class _Refused(Exception):
 def transport_failure(pool: ModelPool, upstream: Upstream, failure: UpstreamFailure) -> OpenAIError:
     if failure.kind == "timeout":
         return OpenAIError(504, "the model engine did not answer in time", code="upstream_timeout")
+    if failure.kind == "too_large":
+        return OpenAIError(502, f"the answer is larger than the gateway buffers ({failure.detail}); ask for it with "
+                           "stream: true, or for fewer tokens, answers or logprobs", code="answer_too_large")
     pool.suspect(upstream)  # marked down only if its /health agrees
     if failure.kind == "refused":
         return OpenAIError(503, f"model '{pool.name}' engine is not reachable; retry shortly",
@@ -272,8 +352,10 @@ class _StreamRelay:
         upstream: Upstream,
         rec: MeteredRequest,
         shown: _UsageShown,
+        deadline: float,
     ) -> None:
         self.client = client
+        self.deadline = deadline  # perf_counter time by which the stream ends (request_timeout_s)
         self.pool = pool
         self.upstream = upstream
         self.rec = rec
@@ -282,7 +364,9 @@ class _StreamRelay:
         self.error: OpenAIError | None = None
         self.refused = False  # the connection was refused: safe to try another upstream
         self.saw_usage = False  # the final usage chunk arrived
-        self.last_usage_event: bytes | None = None  # the latest token chunk carrying (continuous) usage
+        # per choice index, the latest token chunk carrying its running (continuous) usage: vLLM counts each
+        # choice's tokens on its own chunks
+        self.last_usage_events: dict[int, bytes] = {}
         self.done = False  # [DONE] went out
         self.token_chunks = 0
         self._closed = False
@@ -332,16 +416,21 @@ class _StreamRelay:
                     if info.usage_only and not self.shown.final:
                         continue
                     if info.carries_usage and info.has_choices:
-                        self.last_usage_event = event
+                        self.last_usage_events[choice_index(event)] = event
                         if not self.shown.continuous:
                             event = strip_usage_field(event)
                     if self.shown.strip_timings and info.carries_timings:
                         if info.has_choices:
-                            self.last_usage_event = event
+                            self.last_usage_events[choice_index(event)] = event
                         event = strip_timings_field(event)
                     if info.is_data and rec.ttft_s is None:
                         rec.ttft_s = time.perf_counter() - rec.started
                     yield event + b"\n\n"
+                if time.perf_counter() > self.deadline and not self.done:
+                    rec.status, rec.error_type = 504, "timeout_error"
+                    yield OpenAIError(504, "the request ran past the gateway's time limit (request_timeout_s); "
+                                      "the response above is incomplete", code="request_timeout").sse_event()
+                    return
             tail = splitter.rest()
             if tail.strip():
                 yield tail
@@ -373,33 +462,63 @@ class _StreamRelay:
                 if self.error is None and not self.saw_usage:
                     self._usage_without_final_chunk()
 
+    def stalled(self) -> None:
+        """The client read nothing for stall_timeout_s: the stream ends, its slot goes back (close)."""
+        log.warning("%s for %s: the client stopped reading; stream ended", self.rec.endpoint, self.rec.model)
+        self.rec.status, self.rec.error_type = CLIENT_CLOSED, "client_stalled"
+
     def _usage_without_final_chunk(self) -> None:
-        """The stream ended before the engine's usage chunk (the client left, the engine died): the last token
-        chunk's continuous usage, or, from an upstream that sends none, one token per token chunk."""
-        usage = usage_of(self.last_usage_event) if self.last_usage_event is not None else None
-        if usage is not None:
-            self.rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.rec.completion_tokens = int(usage.get("completion_tokens") or 0)
+        """The stream ended before the engine's usage chunk (the client left, the engine died): each choice's last
+        running usage, summed (the prompt counted once per prompt), or, from an upstream that sends none, one
+        token per token chunk."""
+        per_choice = {index: usage_of(event) for index, event in self.last_usage_events.items()}
+        known = {index: usage for index, usage in per_choice.items() if usage is not None}
+        if known:
+            prompts = {index // self.shown.answers_per_prompt: int(usage.get("prompt_tokens") or 0)
+                       for index, usage in sorted(known.items())}
+            self.rec.prompt_tokens = sum(prompts.values())
+            self.rec.completion_tokens = sum(int(usage.get("completion_tokens") or 0) for usage in known.values())
         elif self.token_chunks:
             self.rec.completion_tokens = self.token_chunks
+
+
+class _Stalled(Exception):
+    pass
 
 
 class _RelayResponse(StreamingResponse):
     """A StreamingResponse whose cleanup runs however the response ends, even if its body was never read."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any
+        self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], on_stall: Callable[[], None],
+        stall_timeout_s: float, **kwargs: Any
     ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        self._on_stall = on_stall
+        self._stall_timeout_s = stall_timeout_s
         self._after_close: Callable[[], None] | None = None
 
     def after_close(self, hook: Callable[[], None]) -> None:
         self._after_close = hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            # a client that stops reading fills the socket buffers, and then this send waits: not forever
+            try:
+                async with asyncio.timeout(self._stall_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _Stalled() from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_or_give_up)
+        except _Stalled:
+            self._on_stall()  # the connection is dropped when this returns with the response incomplete
+        except BaseExceptionGroup as group:  # anyio's task group may wrap it
+            if group.subgroup(_Stalled) is None:
+                raise
+            self._on_stall()
         finally:
             try:
                 await self._on_close()

@@ -87,6 +87,15 @@ def inspect_event(event: bytes) -> EventInfo:
                      b'"timings":{' in event or b'"timings": {' in event)
 
 
+_INDEX = re.compile(rb'"index":\s*(\d+)')
+
+
+def choice_index(event: bytes) -> int:
+    """The index of the (one) choice in a token chunk: its first "index" field, which precedes any tool call's."""
+    found = _INDEX.search(event)
+    return int(found[1]) if found else 0
+
+
 def usage_of(event: bytes) -> dict[str, Any] | None:
     """The usage object of one event, decoded (for the last token chunk of a stream the client cut short); from
     llama.cpp's running timings where the event has no usage (prompt tokens are the evaluated plus the cached)."""

@@ -6,9 +6,10 @@ request/response models cost about as much again; at a thousand requests a secon
 gateway's CPU. The kinds: `refused` (nothing listens: try another upstream), `dropped` (a connection closed or
 reset), `timeout` (the engine went silent while working on it: no retry).
 
-A request that fails `dropped` on a pooled connection is sent once more, here and only here, on a fresh
-connection: the engine may have closed the idle connection (vLLM does after an unhandled error) without being
-down. What a caller sees is the outcome of the retry.
+A generation request is not idempotent: one the engine may have started (its headers went out) is never sent
+again, whatever broke. Only a request that provably did not reach the engine, failing `dropped` before its first
+byte was written, is sent once more, here and only here, on a fresh connection. The pool closes idle connections
+after `keepalive_s`, before an engine's own keep-alive (uvicorn's 5 s) can close one under a request.
 """
 
 from __future__ import annotations
@@ -22,24 +23,55 @@ import aiohttp
 log = logging.getLogger("quantserve.serve.upstream_client")
 _R = TypeVar("_R")
 
-FailureKind = Literal["refused", "dropped", "timeout"]
+FailureKind = Literal["refused", "dropped", "timeout", "too_large"]
 HealthAnswer = Literal["up", "down", "timeout"]  # down: refused, dropped or not 200; timeout: no answer in time
 
 
 class UpstreamFailure(Exception):
-    def __init__(self, kind: FailureKind, detail: str) -> None:
+    def __init__(self, kind: FailureKind, detail: str, sent: bool = True) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+        self.sent = sent  # the request's headers went out: the engine may have started it
 
 
-def _failure(err: BaseException) -> UpstreamFailure:
+class _Attempt:
+    """What one request's trace saw: whether its headers were written to the connection."""
+
+    def __init__(self) -> None:
+        self.headers_sent = False
+
+
+async def _on_headers_sent(_session: object, context: object, _params: object) -> None:
+    attempt = getattr(context, "trace_request_ctx", None)
+    if isinstance(attempt, _Attempt):
+        attempt.headers_sent = True
+
+
+def _failure(err: BaseException, sent: bool = True) -> UpstreamFailure:
     detail = f"{type(err).__name__}: {err}"
     if isinstance(err, aiohttp.ClientConnectorError) and not isinstance(err, aiohttp.ClientSSLError):
-        return UpstreamFailure("refused", detail)
+        return UpstreamFailure("refused", detail, sent=False)
     if isinstance(err, TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamFailure("timeout", detail)
-    return UpstreamFailure("dropped", detail)
+        return UpstreamFailure("timeout", detail, sent)
+    return UpstreamFailure("dropped", detail, sent)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int | None) -> bytes:
+    if max_bytes is None:
+        return await response.read()
+    if response.content_length is not None and response.content_length > max_bytes:
+        response.close()
+        raise UpstreamFailure("too_large", f"{response.content_length} bytes, over {max_bytes}")
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.content.iter_any():
+        size += len(part)
+        if size > max_bytes:
+            response.close()  # the rest is not read: the connection is dropped, the engine stops
+            raise UpstreamFailure("too_large", f"over {max_bytes} bytes")
+        parts.append(part)
+    return b"".join(parts)
 
 
 _FAILURES = (aiohttp.ClientError, TimeoutError, OSError)
@@ -80,7 +112,7 @@ class UpstreamStream:
 
 class UpstreamClient:
     def __init__(self, api_key: str | None, read_timeout_s: float, connect_timeout_s: float = 5.0,
-                 max_connections: int = 0, fresh: bool = False) -> None:
+                 max_connections: int = 0, fresh: bool = False, keepalive_s: float = 2.0) -> None:
         """`read_timeout_s`: the longest silence between two bytes of an answer, not the answer's duration.
         `fresh`: one connection, never reused (the retry after a dropped one)."""
         self._headers = {"content-type": "application/json", "accept-encoding": "identity"}
@@ -92,6 +124,7 @@ class UpstreamClient:
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
         self._fresh = fresh
+        self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
 
     def fresh(self) -> UpstreamClient:
@@ -99,20 +132,28 @@ class UpstreamClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created lazily: a session binds to the running event loop
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
-                                             force_close=self._fresh)
+            if self._fresh:
+                connector = aiohttp.TCPConnector(limit=1, force_close=True)
+            else:
+                connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                                 keepalive_timeout=self._keepalive_s)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_on_headers_sent)
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
-                                                  timeout=self._timeout, skip_auto_headers=("User-Agent",))
+                                                  timeout=self._timeout, skip_auto_headers=("User-Agent",),
+                                                  trace_configs=[trace])
         return self._session
 
-    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
-        """A unary POST: the status and the whole body."""
+    async def post(self, url: str, body: bytes, max_bytes: int | None = None) -> tuple[int, bytes]:
+        """A unary POST: the status and the whole body (`too_large` past max_bytes, read no further)."""
         async def send(client: UpstreamClient) -> tuple[int, bytes]:
+            attempt = _Attempt()
             try:
-                async with client._get_session().post(url, data=body, headers=client._headers) as response:
-                    return response.status, await response.read()
+                async with client._get_session().post(url, data=body, headers=client._headers,
+                                                      trace_request_ctx=attempt) as response:
+                    return response.status, await _read_capped(response, max_bytes)
             except _FAILURES as err:
-                raise _failure(err) from None
+                raise _failure(err, attempt.headers_sent) from None
 
         async def once_more(fresh: UpstreamClient) -> tuple[int, bytes]:
             try:
@@ -125,10 +166,12 @@ class UpstreamClient:
     async def open_stream(self, url: str, body: bytes) -> UpstreamStream:
         """A streamed POST, open once its status line arrived; the caller reads and closes it."""
         async def send(client: UpstreamClient) -> UpstreamStream:
+            attempt = _Attempt()
             try:
-                response = await client._get_session().post(url, data=body, headers=client._headers)
+                response = await client._get_session().post(url, data=body, headers=client._headers,
+                                                            trace_request_ctx=attempt)
             except _FAILURES as err:
-                raise _failure(err) from None
+                raise _failure(err, attempt.headers_sent) from None
             return UpstreamStream(response, owner=client if client is not self else None)
 
         async def once_more(fresh: UpstreamClient) -> UpstreamStream:
@@ -145,9 +188,10 @@ class UpstreamClient:
         try:
             return await send(self)
         except UpstreamFailure as failure:
-            if failure.kind != "dropped" or self._fresh:
+            if failure.kind != "dropped" or failure.sent or self._fresh:
                 raise
-            log.info("%s: %s on a pooled connection; retrying on a fresh one", url, failure.detail)
+            log.info("%s: %s on a pooled connection before the request went out; sending it on a fresh one", url,
+                     failure.detail)
         return await once_more(self.fresh())
 
     async def health(self, url: str, timeout_s: float) -> HealthAnswer:

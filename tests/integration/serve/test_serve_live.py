@@ -155,6 +155,17 @@ def test_engines_answer_only_the_gateway(live):
                         trust_env=False, timeout=60)
     assert direct.status_code == 200, direct.text
     assert httpx.get(f"{engine_url}/health", trust_env=False).status_code == 200  # probes need no key
+    # vLLM's own key check covers /v1 only: /invocations runs chat and completions, /tokenize and the rest answer
+    # anyone who reaches the port unless the engine guard (serve/engine_guard.py) closes them
+    for method, path in (("POST", "/invocations"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+                         ("GET", "/metrics"), ("POST", "/pooling"), ("GET", "/load"), ("GET", "/version"),
+                         ("GET", "/ping"), ("GET", "/server_info"), ("GET", "/v1/models"), ("GET", "/nope")):
+        reply = httpx.request(method, f"{engine_url}{path}", json={"model": live.model, "prompt": "Hi",
+                                                                    "max_tokens": 1}, trust_env=False, timeout=60)
+        assert reply.status_code == 401, (path, reply.status_code, reply.text[:200])
+    tokenized = httpx.post(f"{engine_url}/tokenize", json={"model": live.model, "prompt": "Hi"},
+                           headers=live.stack.engine_headers, trust_env=False, timeout=60)
+    assert tokenized.status_code == 200 and tokenized.json()["tokens"], tokenized.text  # the gateway's key opens it
 
 
 def test_health_ready_metrics(live):

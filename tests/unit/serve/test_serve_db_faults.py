@@ -27,6 +27,7 @@ from quantserve.serve.db import engine_options, get_engine, usage
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.keys import KeyStore
 from quantserve.serve.ledger import Ledger, UsageRecord
+from tests.support.serve_helpers import wait_until
 
 FAST = DatabaseSettings(sqlite_busy_timeout_s=0.1)  # a locked database fails in 0.1 s, not 5
 
@@ -309,3 +310,73 @@ def test_rows_are_kept_when_the_event_loop_ends_without_close(tmp_path):
 
     asyncio.run(forgetful_owner())
     assert count_rows(db_url) == expected(7)
+
+
+# --- ledger durability (issue 21, item 6) --------------------------------------------------------------------
+
+
+def refused_row(i: int) -> UsageRecord:
+    """A row SQLite refuses for its content (NOT NULL on model): an error no retry can fix, like PostgreSQL's
+    "value too long" for a model name over the column's length."""
+    row = record(i)
+    row.model = None  # type: ignore[assignment]
+    return row
+
+
+def test_a_row_the_database_refuses_is_quarantined_and_the_rest_go_in(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    spill = tmp_path / "spill.jsonl"
+    ledger = Ledger(db_url, fallback_path=spill, database=FAST)
+    ledger.write_batch([record(0), refused_row(1), record(2)])
+    assert count_rows(db_url)[0] == 2 and ledger.quarantined == 1
+    assert [json.loads(line)["latency_ms"] for line in ledger.rejected_path.read_text().splitlines()] == [10.001]
+    ledger.write_batch([record(3)])  # before: the batch spilled and the database counted as down for 5 s
+    assert count_rows(db_url)[0] == 3 and ledger.spilled == 0 and ledger.health()["database_error"] is None
+
+
+def test_a_refused_row_in_the_spill_does_not_block_its_replay(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    spill = tmp_path / "spill.jsonl"
+    ledger = Ledger(db_url, fallback_path=spill, database=FAST)
+    ledger.spill.append([vars(record(0)), vars(refused_row(1)), vars(record(2))])
+    assert ledger.replay() == 2  # before: the replay raised on every round and the spill never drained
+    assert count_rows(db_url)[0] == 2 and ledger.quarantined == 1
+    assert not spill.exists() and ledger.replay() == 0
+    ledger.spill.append([vars(record(3))])
+    assert ledger.replay() == 1 and count_rows(db_url)[0] == 3
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_batch(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    spill = tmp_path / "spill.jsonl"
+    ledger = Ledger(db_url, fallback_path=spill, database=FAST)
+    ledger.spill.append([vars(record(0))])
+    with open(spill, "a") as out:
+        out.write('{"ts": 1.0, "model": "cut sh')  # a crash in the middle of an append
+    ledger.spill.append([vars(record(1)), vars(record(2))])
+    assert ledger.replay() == 3  # before: record(1) was glued to the torn line and rejected with it
+    assert count_rows(db_url)[0] == 3
+    assert ledger.rejected_path.read_text() == '{"ts": 1.0, "model": "cut sh\n'
+
+
+def test_ready_and_metrics_say_when_usage_rows_cannot_be_stored(make_gateway, tmp_path):
+    # Real faults: a database file in a folder that does not exist (SQLite cannot open it) and a spill path whose
+    # folder is a plain file (as a full or read-only disk, the append fails with an OSError).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    gw = make_gateway(auth=False)
+    ledger = gw.runtime.ledger
+    with gw.client() as client:
+        assert client.get("/ready").json()["ledger"]["storing"] is True
+        ledger.engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}")
+        ledger.spill.path = blocker / "spill.jsonl"
+        ledger._db_down_until = 0.0
+        assert client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert wait_until(lambda: ledger.lost == 1, 5.0)
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["ledger"]["storing"] is False
+        assert ready.json()["ledger"]["lost"] == 1 and "not-a-folder" in ready.json()["ledger"]["spill_error"]
+        metrics = client.get("/metrics").text
+        assert "quantserve_ledger_storing 0.0" in metrics
+        assert 'quantserve_ledger_rows{state="lost"} 1.0' in metrics

@@ -4,6 +4,7 @@ the models quantize produces; the Dockerfiles build what the manifests run."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,11 @@ def load_docs() -> list[dict[str, Any]]:
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What runs pods: the engines' Deployments and the gateway's StatefulSet."""
+    return {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +69,7 @@ def gateway_config(docs, tmp_path_factory):
 
 
 def test_selectors_match_pod_labels(docs):
-    deployments = by_kind(docs, "Deployment")
+    deployments = workloads(docs)
     for dep in deployments.values():
         selector = dep["spec"]["selector"]["matchLabels"]
         assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
@@ -104,7 +110,7 @@ def test_model_names_are_what_quantize_publishes(gateway_config):
 
 
 def test_gateway_deployment_matches_its_config(docs, gateway_config):
-    dep = by_kind(docs, "Deployment")["quantserve-gateway"]
+    dep = by_kind(docs, "StatefulSet")["quantserve-gateway"]
     cont = container(dep)
     assert gateway_config.host == "0.0.0.0" and gateway_config.auth
     http = port_number(cont, "http")
@@ -157,7 +163,7 @@ def test_engines_demand_the_key_the_gateway_sends_and_admit_only_gateway_pods(do
         assert selected.items() <= labels.items(), dep["metadata"]["name"]
     (rule,) = policy["spec"]["ingress"]
     allowed = [f["podSelector"]["matchLabels"] for f in rule["from"]]
-    gateway_labels = by_kind(docs, "Deployment")["quantserve-gateway"]["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = by_kind(docs, "StatefulSet")["quantserve-gateway"]["spec"]["template"]["metadata"]["labels"]
     assert allowed and all(a.items() <= gateway_labels.items() for a in allowed)
     assert all(a.get("app.kubernetes.io/component") == "gateway" for a in allowed)
 
@@ -169,13 +175,22 @@ def test_dockerfiles_agree_with_the_manifests(docs, gateway_config):
     assert 'pip install ".[gateway]"' in gateway  # pins from pyproject.toml, not a second list
     assert not re.search(r"==\d", gateway)
     engine = (DEPLOY / "Dockerfile.vllm").read_text()
-    assert re.search(r"^FROM vllm/vllm-openai:v\d", engine, re.MULTILINE)
+    vllm_version = re.search(r"^FROM vllm/vllm-openai:v(\d[\w.]*)$", engine, re.MULTILINE)
+    assert vllm_version
     assert "COPY ${MODEL_DIR} /models/model" in engine
-    for dep in by_kind(docs, "Deployment").values():
+    # the engine key guard: the file vLLM's --middleware imports, at the module path the manifests name
+    assert "COPY serve/engine_guard.py /opt/quantserve/quantserve/serve/engine_guard.py" in engine
+    assert "PYTHONPATH=/opt/quantserve" in engine and "--middleware quantserve.serve.engine_guard" in engine
+    assert re.search(r"^USER \d+$", engine, re.MULTILINE) and re.search(r"^USER quantserve$", gateway, re.MULTILINE)
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for dep in workloads(docs).values():
         cont = container(dep)
         if dep["metadata"]["labels"]["app.kubernetes.io/component"] == "engine":
             assert arg(cont["args"], "--model") == "/models/model"
-            assert cont["image"] == f"quantserve-vllm:{arg(cont['args'], '--served-model-name')}"
+            served = arg(cont["args"], "--served-model-name")
+            assert cont["image"] == f"quantserve-vllm:{vllm_version[1]}-{served}"
+        else:
+            assert cont["image"] == f"quantserve-gateway:{version}"
 
 
 def test_readme_covers_scale_out(docs):
@@ -183,3 +198,64 @@ def test_readme_covers_scale_out(docs):
     for topic in ("PostgreSQL", "--tensor-parallel-size", "replicas", "round-robin", "upstreams"):
         assert topic in text
     assert Path(DEPLOY / "k8s").is_dir()
+
+
+def test_every_manifest_is_valid_kubernetes():
+    """Against the API schemas (kubernetes-validate ships them: no cluster, no network), strict: an unknown or
+    misplaced field fails, which a YAML parse alone lets through."""
+    import kubernetes_validate
+
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(doc, "1.30", strict=True)  # raises ValidationError naming the field
+
+
+def test_pods_run_unprivileged_with_limits_timeouts_and_pinned_images(docs):
+    for name, dep in workloads(docs).items():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for volume in pod.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{name}: scratch volume {volume['name']} is unbounded"
+        cont = container(dep)
+        sc = cont["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, name
+        assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"], name
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(cont["resources"][kind]), f"{name}: {kind}"
+        probes = [cont[p] for p in ("readinessProbe", "livenessProbe", "startupProbe") if p in cont]
+        assert len(probes) >= 2 and all(p.get("timeoutSeconds") for p in probes), name
+        image = cont["image"]
+        assert "@sha256:" in image or re.fullmatch(r"[\w./-]+:[\w.-]+", image), image
+        assert not image.endswith(":latest"), image
+        mounts = {m["mountPath"] for m in cont["volumeMounts"]}
+        assert "/tmp" in mounts, f"{name}: a read-only root needs a writable /tmp"
+
+
+def test_the_gateways_spill_outlives_its_pod(docs):
+    gateway = by_kind(docs, "StatefulSet")["quantserve-gateway"]
+    (claim,) = gateway["spec"]["volumeClaimTemplates"]
+    cont = container(gateway)
+    home = re.search(r"QUANTSERVE_HOME=(\S+)", (DEPLOY / "Dockerfile").read_text())
+    assert home and {"name": claim["metadata"]["name"], "mountPath": home[1]} in cont["volumeMounts"]
+    assert gateway["spec"]["serviceName"] in by_kind(docs, "Service")
+    assert by_kind(docs, "Service")[gateway["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+
+
+def test_engines_get_only_the_environment_they_need(monkeypatch, tmp_path):
+    from quantserve.serve.vllm_command import EngineSpec
+
+    monkeypatch.setenv("QUANTSERVE_DATABASE_URL", "postgresql://ledger:secret@db/quantserve")
+    monkeypatch.setenv("QUANTSERVE_METRICS_TOKEN", "metrics-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cloud-secret")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    spec = EngineSpec(name="m", model=str(tmp_path), port=8100, device="cpu", settings=load_config().engine,
+                      api_key="engine-key")
+    env = spec.environment()
+    assert not {"QUANTSERVE_DATABASE_URL", "QUANTSERVE_METRICS_TOKEN", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert "secret" not in " ".join(env.values())
+    assert env["HF_HOME"] == str(tmp_path / "hf") and env["OMP_NUM_THREADS"] == "2" and "PATH" in env
+    assert env["VLLM_API_KEY"] == "engine-key"

@@ -37,6 +37,7 @@ class RawUpstream:
     port: int = field(default_factory=free_port)
     posts: int = 0
     dropped: int = 0
+    connections: int = 0  # accepted, /health's included
     _sock: socket.socket | None = None
 
     @property
@@ -59,6 +60,7 @@ class RawUpstream:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -108,34 +110,48 @@ def ready_upstreams(client: httpx.Client) -> int:
     return client.get("/ready").json()["models"][FAKE_MODEL]["healthy_upstreams"]
 
 
-def test_a_dropped_pooled_connection_is_retried_on_a_fresh_one(make_gateway, raw_upstream):
-    # Before: the second request failed with 502 "dropped the connection" and the engine was marked DOWN, so
-    # every client of the model got 503 until the next health poll.
-    raw_upstream.drop_second_post_once = True
-    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
-    with gw.client() as client:
-        assert wait_until(lambda: ready_upstreams(client) == 1)
-        for _ in range(3):
-            reply = client.post("/v1/chat/completions", json=chat_body())
-            assert reply.status_code == 200, reply.text
-        assert raw_upstream.dropped == 1
-        assert ready_upstreams(client) == 1
-
-
-def test_a_stream_on_a_dropped_pooled_connection_is_retried_and_its_connection_closed(make_gateway, raw_upstream):
-    # The same retry for a stream, in the one place it lives (the upstream client): the fresh connection it opens
-    # lives as long as the stream and is closed with it.
+def test_a_request_the_engine_may_have_started_is_never_sent_again(make_gateway, raw_upstream):
+    # The engine read the whole request, then the connection closed without an answer: it may have generated
+    # (and counted) it. Before, the gateway sent it again on a fresh connection: a second generation, billed once.
+    # Now the client gets the failure, the engine stays in (its /health is fine) and the next request goes through.
     raw_upstream.drop_second_post_once = True
     gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
     with gw.client() as client:
         assert wait_until(lambda: ready_upstreams(client) == 1)
         assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
-        for _ in range(2):
-            with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as reply:
-                assert reply.status_code == 200 and b'"content": "ok"' in reply.read()
-        assert raw_upstream.dropped == 1 and raw_upstream.posts == 4
+        dropped = client.post("/v1/chat/completions", json=chat_body())
+        assert dropped.status_code == 502 and dropped.json()["error"]["code"] == "upstream_error"
+        assert raw_upstream.posts == 2 and raw_upstream.dropped == 1  # not replayed
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        assert ready_upstreams(client) == 1
+
+
+def test_a_stream_the_engine_may_have_started_is_never_sent_again(make_gateway, raw_upstream):
+    raw_upstream.drop_second_post_once = True
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as reply:
+            assert reply.status_code == 502
+        assert raw_upstream.posts == 2
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as reply:
+            assert reply.status_code == 200 and b'"content": "ok"' in reply.read()
         assert ready_upstreams(client) == 1
         assert wait_until(lambda: gw.runtime.pools[FAKE_MODEL].in_flight() == 0)
+
+
+def test_idle_pooled_connections_are_closed_before_the_engines_keep_alive(make_gateway, raw_upstream):
+    # The engine closes idle connections after its keep-alive (uvicorn: 5 s); the gateway drops its own first
+    # (upstream_keepalive_s), so no request is sent on a connection the engine is closing.
+    gw = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60, upstream_keepalive_s=0.3)
+    with gw.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        connections = raw_upstream.connections
+        time.sleep(1.5)  # the idle connection passes its keep-alive (aiohttp closes expired ones lazily)
+        assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        assert raw_upstream.connections > connections  # a new connection, not the expired one
 
 
 def test_a_failing_request_does_not_mark_an_engine_down_that_answers_health(make_gateway, raw_upstream):
@@ -145,7 +161,7 @@ def test_a_failing_request_does_not_mark_an_engine_down_that_answers_health(make
         assert wait_until(lambda: ready_upstreams(client) == 1)
         reply = client.post("/v1/chat/completions", json=chat_body())
         assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_error"
-        assert raw_upstream.dropped == 2  # the first try and its one retry on a fresh connection
+        assert raw_upstream.dropped == 1  # sent once: the engine read it, so it is never replayed
         time.sleep(0.3)  # the on-demand /health check has run
         assert ready_upstreams(client) == 1
         raw_upstream.healthy = False  # now /health agrees: down at the next failure, without a poll
