@@ -13,7 +13,8 @@
 
     python -m quantserve.app.bench.serve bench/serve.json [--model PATH_OR_NAME] [--max-tokens 64]
 
-In the core, not in serve/, because it drives both stages: serve's stack and eval's load generator and metrics.
+In app/bench/ (orchestration), not in serve/, because it drives both stages: serve's stack and eval's load generator
+and metrics.
 """
 
 from __future__ import annotations
