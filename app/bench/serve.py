@@ -155,12 +155,12 @@ def run_bench(out: Path, model: str = DEFAULT_MODEL, max_tokens: int = 64, reque
                          "gateway": Endpoint.of(stack.base_url, bench_key)}
             comparison = asyncio.run(_compare(endpoints, served, items, max_tokens,
                                               {1: requests_c1, 16: requests_c16}, rounds))
-            before = engine_counters(stack.engine_url(served))
+            before = engine_counters(stack.engine_url(served), stack.engine_headers)
             soak_started = time.perf_counter()
             tallies = asyncio.run(run_soak(stack.base_url, served, {k: v[1] for k, v in soak_keys.items()},
                                            [i.messages[-1]["content"] for i in items], soak))
             soak_wall = time.perf_counter() - soak_started
-            after = engine_counters(stack.engine_url(served))
+            after = engine_counters(stack.engine_url(served), stack.engine_headers)
         # the stack has stopped: the gateway flushed its ledger
         soak_result = reconcile(db_url, {k: v[0].id for k, v in soak_keys.items()}, tallies, before, after)
         soak_result |= {"concurrency": soak.concurrency, "wall_s": round(soak_wall, 1)}

@@ -93,8 +93,11 @@ async def _send(client: httpx.AsyncClient, base: str, key: str, kind: Kind, body
                     return  # leaving the block closes the connection mid-stream
 
 
-def engine_counters(engine_url: str) -> dict[str, float]:
-    text = httpx.get(f"{engine_url}/metrics", trust_env=False, timeout=10).text
+def engine_counters(engine_url: str, headers: dict[str, str]) -> dict[str, float]:
+    """vLLM's own token counters; its /metrics takes the engine key like every route but /health."""
+    reply = httpx.get(f"{engine_url}/metrics", headers=headers, trust_env=False, timeout=10)
+    reply.raise_for_status()  # a refused read would count 0 tokens and pass for a reconciliation
+    text = reply.text
     wanted = {"vllm:prompt_tokens_total": 0.0, "vllm:generation_tokens_total": 0.0}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
