@@ -67,12 +67,13 @@ class OpenAIError(Exception):
         return b"data: " + json.dumps(self.body(), ensure_ascii=True).encode() + b"\n\n"
 
 
-# vLLM answers 500 when a request's shape reaches code that raises an unhandled Python error; its message then
-# reads like one of these. Such an answer is the client's mistake, not an engine failure.
+# vLLM answers 500 when a request's shape reaches code that raises an unhandled Python error, and llama.cpp's
+# server when it cannot read the messages or tools (a C++ JSON exception) or gets an image it has no encoder for;
+# the message then reads like one of these. Such an answer is the client's mistake, not an engine failure.
 _CONTENT_FAULT = re.compile(
     r"object has no attribute|object is not (subscriptable|iterable|callable)|unhashable type|index out of range"
     r"|invalid literal|unsupported operand|takes \d+ positional|missing \d+ required|must be (str|int|float|a|an)\b"
-    r"|validation error", re.IGNORECASE)
+    r"|validation error|failed to parse (messages|tools)|\[json\.exception\.|input is not supported", re.IGNORECASE)
 
 
 def from_upstream(status: int, payload: bytes) -> OpenAIError:

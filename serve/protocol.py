@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantserve.serve.errors import OpenAIError
 
@@ -102,14 +102,59 @@ class _GenerationRequest(BaseModel):
         return 0
 
 
+# The parts of a message that every runtime reads. vLLM checks them itself, but llama.cpp's server answers a wrongly
+# shaped message (a tool call without its type, a text part whose text is a number) with a 500 and closes the
+# connection: checked here, so every runtime answers 400 naming the field.
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1)
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a part of type 'text' needs 'text', a string")
+        return self
+
+
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(min_length=1)
-    content: str | list[str | FreeForm] | None = None
+    content: str | list[str | ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[FreeForm] | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -117,7 +162,7 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[FreeForm] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | FreeForm | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
@@ -130,6 +175,11 @@ class ChatCompletionRequest(_GenerationRequest):
 
     def prompt_text(self) -> str:
         return json.dumps([m.model_dump(exclude_none=True) for m in self.messages])[:4000]
+
+    def non_text_parts(self) -> set[str]:
+        """The types of the content parts that are not text (images, audio, files)."""
+        return {part.type for m in self.messages if isinstance(m.content, list)
+                for part in m.content if isinstance(part, ContentPart) and part.type != "text"}
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -51,6 +51,9 @@ CLIENT_CLOSED = 499  # nginx's convention, for the ledger: the client left befor
 _PARSE_OFF_LOOP_BYTES = 256 * 1024  # JSON bodies larger than this are decoded in a worker thread
 # Runtimes whose usage counts one answer per request (llama.cpp's server; our OpenVINO server generates one).
 ONE_CHOICE_RUNTIMES = frozenset({"llama.cpp", "openvino"})
+# Engines started here without a vision or audio encoder (llama.cpp without an mmproj file, OpenVINO's LLM
+# pipeline): llama.cpp answers an image part with a 500, so the gateway says 400 first.
+TEXT_ONLY_RUNTIMES = frozenset({"llama.cpp", "openvino"})
 _R = TypeVar("_R")
 
 
@@ -179,6 +182,12 @@ class ProxyService:
                               "request here (n, best_of and a list of prompts must ask for one): its usage "
                               "counts one answer only, so the ledger could not bill the others",
                               param="n", code="unsupported_parameter")
+        if pool.runtime in TEXT_ONLY_RUNTIMES and isinstance(parsed, ChatCompletionRequest):
+            other = parsed.non_text_parts()
+            if other:
+                raise OpenAIError(400, f"model '{parsed.model}' runs on {pool.runtime} and reads text only here: "
+                                  f"content parts of type {', '.join(repr(t[:40]) for t in sorted(other))} are not "
+                                  "supported", param="messages", code="unsupported_content")
         _check_fanout(parsed, config)
         if config.log_prompts:
             rec.prompt_text = parsed.prompt_text()
@@ -336,6 +345,7 @@ def transport_failure(pool: ModelPool, upstream: Upstream, failure: UpstreamFail
         return OpenAIError(502, f"the answer is larger than the gateway buffers ({failure.detail}); ask for it with "
                            "stream: true, or for fewer tokens, answers or logprobs", code="answer_too_large")
     pool.suspect(upstream)  # marked down only if its /health agrees
+    log.warning("%s on %s: %s", failure.kind, upstream.base_url, failure.detail)
     if failure.kind == "refused":
         return OpenAIError(503, f"model '{pool.name}' engine is not reachable; retry shortly",
                            code="engine_unavailable", headers={"Retry-After": "5"})
@@ -380,7 +390,7 @@ class _StreamRelay:
         url = f"{self.upstream.base_url}{self.rec.endpoint}"
         self._sent = time.perf_counter()
         try:
-            self.response = await self.client.open_stream(url, body)
+            self.response = await self.client.open_stream(url, body, reuse=self.pool.reuse_after_stream)
             self._received = time.perf_counter()
             if self.response.status >= 400:
                 # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a

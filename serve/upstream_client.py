@@ -126,23 +126,33 @@ class UpstreamClient:
         self._fresh = fresh
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
+        self._one_shot: aiohttp.ClientSession | None = None  # connections used once (reuse=False)
 
     def fresh(self) -> UpstreamClient:
         return UpstreamClient(self._api_key, self._read_timeout_s, self._connect_timeout_s, fresh=True)
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily: a session binds to the running event loop
+    def _get_session(self, reuse: bool = True) -> aiohttp.ClientSession:
+        # created lazily: a session binds to the running event loop
+        if not reuse and not self._fresh:
+            if self._one_shot is None:
+                # force_close: "Connection: close" on the request, and the connection closed after the answer
+                self._one_shot = self._new_session(aiohttp.TCPConnector(limit=self._max_connections,
+                                                                        limit_per_host=0, force_close=True))
+            return self._one_shot
+        if self._session is None:
             if self._fresh:
                 connector = aiohttp.TCPConnector(limit=1, force_close=True)
             else:
                 connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
                                                  keepalive_timeout=self._keepalive_s)
-            trace = aiohttp.TraceConfig()
-            trace.on_request_headers_sent.append(_on_headers_sent)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
-                                                  timeout=self._timeout, skip_auto_headers=("User-Agent",),
-                                                  trace_configs=[trace])
+            self._session = self._new_session(connector)
         return self._session
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_on_headers_sent)
+        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
+                                     timeout=self._timeout, skip_auto_headers=("User-Agent",), trace_configs=[trace])
 
     async def post(self, url: str, body: bytes, max_bytes: int | None = None) -> tuple[int, bytes]:
         """A unary POST: the status and the whole body (`too_large` past max_bytes, read no further)."""
@@ -163,13 +173,14 @@ class UpstreamClient:
 
         return await self._with_retry(url, send, once_more)
 
-    async def open_stream(self, url: str, body: bytes) -> UpstreamStream:
-        """A streamed POST, open once its status line arrived; the caller reads and closes it."""
+    async def open_stream(self, url: str, body: bytes, reuse: bool = True) -> UpstreamStream:
+        """A streamed POST, open once its status line arrived; the caller reads and closes it. `reuse`: False
+        when the server closes the connection after a stream, so it is not put back in the pool."""
         async def send(client: UpstreamClient) -> UpstreamStream:
             attempt = _Attempt()
             try:
-                response = await client._get_session().post(url, data=body, headers=client._headers,
-                                                            trace_request_ctx=attempt)
+                response = await client._get_session(reuse).post(url, data=body, headers=client._headers,
+                                                                 trace_request_ctx=attempt)
             except _FAILURES as err:
                 raise _failure(err, attempt.headers_sent) from None
             return UpstreamStream(response, owner=client if client is not self else None)
@@ -203,5 +214,6 @@ class UpstreamClient:
             return "timeout" if _failure(err).kind == "timeout" else "down"
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._one_shot):
+            if session is not None:
+                await session.close()

@@ -160,8 +160,10 @@ def test_engine_routes_answer_only_the_gateway(live_rt):
 
 
 def test_hostile_bodies_get_4xx_and_never_take_the_engine_down(live_rt):
-    statuses = check_fuzz(live_rt.http, live_rt.model, count=200)
-    assert statuses[400] > 50 and statuses[200] > 10
+    # 400 bodies: at 200, other seeds found llama.cpp 500s (malformed tool calls, image parts) and a request lost
+    # on a connection llama.cpp had closed after a stream
+    statuses = check_fuzz(live_rt.http, live_rt.model, count=400)
+    assert statuses[400] > 100 and statuses[200] > 20
     reply = live_rt.client().chat.completions.create(model=live_rt.model, max_tokens=4,
                                                      messages=[{"role": "user", "content": "Say hi."}])
     assert reply.usage.completion_tokens >= 1

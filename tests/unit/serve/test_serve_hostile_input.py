@@ -37,6 +37,10 @@ def error_of(reply: httpx.Response, status: int = 400) -> dict[str, Any]:
     ("stop_token_ids", [2**40], "stop_token_ids.0"),
     ("ignore_eos", {"a": 1}, "ignore_eos"),
     ("messages", [{"role": "user", "content": [7]}], "messages.0.content.0"),
+    # llama.cpp's server answers these three with a 500 and a closed connection
+    ("messages", [{"role": "user", "content": [{"type": "text", "text": 1e308}]}], "messages.0.content.0.text"),
+    ("messages", [{"role": "assistant", "tool_calls": [{"id": "1"}]}], "messages.0.tool_calls.0.type"),
+    ("tools", [{"type": "function"}], "tools.0.function"),
 ])
 def test_a_wrong_type_or_range_is_400_naming_the_field(make_gateway, fake_upstream, field, value, param):
     _, state = fake_upstream
@@ -88,6 +92,12 @@ def test_an_engine_500_caused_by_the_content_is_400_and_other_5xx_are_502():
     unsupported = from_upstream(501, json.dumps({"error": {"message": "best_of is not supported",
                                                            "type": "NotImplementedError", "code": 501}}).encode())
     assert unsupported.status == 400 and unsupported.code == "unsupported_request"
+    for message in ("Failed to parse messages: Missing tool call type: {\"id\":1}",
+                    "Failed to parse messages: [json.exception.out_of_range.403] key 'text' not found",
+                    "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"):
+        llama_cpp = from_upstream(500, json.dumps({"error": {"code": 500, "message": message,
+                                                             "type": "server_error"}}).encode())
+        assert llama_cpp.status == 400 and llama_cpp.code == "invalid_request_content", message
     for status, body in ((500, b"Internal Server Error"), (503, b'{"error": {"message": "engine dead"}}'),
                          (500, b'{"error": {"message": "EngineCore encountered an issue"}}')):
         failure = from_upstream(status, body)

@@ -35,6 +35,27 @@ def test_more_than_one_answer_is_refused_for_one_answer_runtimes(make_gateway, f
         assert client.post("/v1/chat/completions", json=chat_body(n=2)).status_code == 200
 
 
+def test_text_only_runtimes_refuse_image_and_audio_parts_before_the_engine(make_gateway, fake_upstream):
+    # llama.cpp without a vision encoder answered an image part with a 500 (a 502 to the client)
+    _, state = fake_upstream
+    image = chat_body(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}])
+    for runtime in ("llama.cpp", "openvino"):
+        gw = _gateway(make_gateway, runtime)
+        sent = len(state.requests)
+        with gw.client() as client:
+            reply = client.post("/v1/chat/completions", json=image)
+            assert reply.status_code == 400, reply.text
+            error = reply.json()["error"]
+            assert error["code"] == "unsupported_content" and "'image_url'" in error["message"]
+            assert error["param"] == "messages" and runtime in error["message"]
+            text_parts = chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+            assert client.post("/v1/chat/completions", json=text_parts).status_code == 200
+        assert len(state.requests) == sent + 1  # only the text request reached the engine
+    with _gateway(make_gateway, "vllm").client() as client:  # vLLM decides for itself
+        assert client.post("/v1/chat/completions", json=image).status_code == 200
+
+
 def test_llama_cpp_streams_ask_for_timings_and_the_client_sees_none(make_gateway, fake_upstream):
     _, state = fake_upstream
     gw = _gateway(make_gateway, "llama.cpp")

@@ -18,6 +18,9 @@ from quantserve.serve.config import ServeConfig
 from quantserve.serve.gateway import GatewayProcess
 from tests.support.serve_helpers import FAKE_MODEL, chat_body, free_port, wait_until
 
+STREAM_CHUNK = json.dumps({"id": "raw-2", "object": "chat.completion.chunk", "created": 0, "model": FAKE_MODEL,
+                           "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
 ANSWER = json.dumps({"id": "raw-1", "object": "chat.completion", "created": 0, "model": FAKE_MODEL,
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                                   "finish_reason": "stop"}],
@@ -31,6 +34,9 @@ class RawUpstream:
 
     drop_second_post_once: bool = False  # the 2nd POST on a kept-alive connection: closed without an answer
     drop_every_post: bool = False
+    # as llama.cpp's server: a streamed answer says keep-alive, then the connection closes. Modelled at its worst
+    # (the close reaches the gateway only after its next request went out on it): the next POST on it is dropped.
+    close_after_stream: bool = False
     healthy: bool = True
     health_delay_s: float = 0.0  # /health answers this late: a busy engine
     health_gets: int = 0
@@ -66,6 +72,7 @@ class RawUpstream:
     def _serve(self, conn: socket.socket) -> None:
         posts_here = 0
         buffer = b""
+        streamed = False  # this connection carried a stream (close_after_stream): the next POST is dropped
         with conn:
             while True:
                 while b"\r\n\r\n" not in buffer:
@@ -81,7 +88,7 @@ class RawUpstream:
                         length = int(value)
                 while len(buffer) < length:
                     buffer += conn.recv(65536)
-                buffer = buffer[length:]
+                body, buffer = buffer[:length], buffer[length:]
                 if head.startswith(b"GET /health"):
                     self.health_gets += 1
                     time.sleep(self.health_delay_s)
@@ -90,11 +97,18 @@ class RawUpstream:
                     continue
                 posts_here += 1
                 self.posts += 1
-                if self.drop_every_post or (self.drop_second_post_once and posts_here == 2):
+                if self.drop_every_post or (self.drop_second_post_once and posts_here == 2) or streamed:
                     self.drop_second_post_once = False
                     self.dropped += 1
                     conn.shutdown(socket.SHUT_RDWR)
                     return
+                if self.close_after_stream and b'"stream": true' in body:
+                    events = b"".join(b"data: " + e + b"\n\n" for e in (STREAM_CHUNK, b"[DONE]"))
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nkeep-alive: timeout=5\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n" + f"{len(events):x}".encode() + b"\r\n"
+                                 + events + b"\r\n0\r\n\r\n")
+                    streamed = True
+                    continue
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                              + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
 
@@ -139,6 +153,33 @@ def test_a_stream_the_engine_may_have_started_is_never_sent_again(make_gateway, 
             assert reply.status_code == 200 and b'"content": "ok"' in reply.read()
         assert ready_upstreams(client) == 1
         assert wait_until(lambda: gw.runtime.pools[FAKE_MODEL].in_flight() == 0)
+
+
+def test_a_connection_a_llama_cpp_stream_ran_on_is_not_used_again(make_gateway, raw_upstream):
+    # llama.cpp's server closes the connection after each stream though its headers say keep-alive; a request the
+    # gateway sent on it before the close arrived was lost (CI: a 502 in the fuzz). Such a connection is not reused.
+    raw_upstream.close_after_stream = True
+
+    def stream_then_ask(client: httpx.Client) -> httpx.Response:
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as reply:
+            assert reply.status_code == 200 and b'"content": "ok"' in reply.read()
+        return client.post("/v1/chat/completions", json=chat_body())
+
+    llama_cpp = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60,
+                             model_info={FAKE_MODEL: {"runtime": "llama.cpp"}})
+    with llama_cpp.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        for _ in range(3):
+            after = stream_then_ask(client)
+            assert after.status_code == 200, after.text
+            assert after.json()["choices"][0]["message"]["content"] == "ok"
+    # the fault is real: a gateway that reuses the connection (as it does for vLLM, whose server keeps it) loses
+    # the request sent after the stream
+    vllm = make_gateway(routes={FAKE_MODEL: [raw_upstream.url]}, health_interval_s=60,
+                        model_info={FAKE_MODEL: {"runtime": "vllm"}})
+    with vllm.client() as client:
+        assert wait_until(lambda: ready_upstreams(client) == 1)
+        assert stream_then_ask(client).status_code == 502
 
 
 def test_idle_pooled_connections_are_closed_before_the_engines_keep_alive(make_gateway, raw_upstream):
