@@ -33,10 +33,10 @@ class RunOptions:
     seq_len: int = 256
     scenario: str = "support-chat"
     sweep: str = "concurrency=1,4"
-    # 100 measured requests back a p99 (eval/stats.py min_samples); 16-token answers keep 100 of them at
-    # concurrency 1 inside the time budget and still give TPOT 15 token gaps per request (1,500 per point)
+    # 100 measured requests back a p99 (eval/stats.py min_samples); 12-token answers keep 100 of them at
+    # concurrency 1 inside the time budget and still give TPOT 11 token gaps per request (1,100 per point)
     requests_per_point: int = 100
-    max_tokens: int = 16
+    max_tokens: int = 12
     gpu: str = "cpu-2core"
     slo: str | None = None
     min_recovery: float = DEFAULT_MIN_RECOVERY  # the recommendation's quality floor; 0 turns it off
@@ -198,7 +198,7 @@ def _measure_alone(ref: str, opts: RunOptions, probe: ProbeResult, out: Path, sk
         skipped.update(stack.skipped)
         return run_eval(EvalConfig(
             base_url=stack.base_url, scenario=opts.scenario, models=stack.models, sweep=sweep or opts.sweep,
-            # the cap only stops a point stuck far past its budget: 100 answers of 16 tokens take 30-80 s
+            # the cap only stops a point stuck far past its budget: 100 answers of 12 tokens took 25-140 s here
             num_requests=opts.requests_per_point, duration_s=240, warmup=1, max_tokens=opts.max_tokens,
             tasks=tasks, slo=opts.slo, gpu=opts.gpu, variants_dir=opts.variants_dir, out=out, not_served=skipped,
             # vLLM's phase histograms; llama.cpp and OpenVINO engines export no such phases

@@ -39,6 +39,10 @@ class _Recipe(BaseModel):
     def needs_calibration(self) -> bool:
         return True
 
+    def calibration_windows(self, available: int) -> int:
+        """How many of the run's `available` calibration windows this recipe calibrates on."""
+        return min(available, getattr(self, "calibration_samples", None) or available)
+
 
 class GPTQRecipe(_Recipe):
     method: Literal["gptq"]
@@ -56,6 +60,9 @@ class AWQRecipe(_Recipe):
     n_grid: int = 20
     quantizer: Literal["rtn", "gptq"] = "rtn"  # what rounds the weights after AWQ's scaling
     dampening_frac: float = 0.01
+    # at most this many of the run's calibration windows: AWQ's scales are fitted on activation magnitudes, which
+    # a small set already pins down (the AWQ paper: 16 sequences suffice, GPTQ needs ~10x more); None: all of them
+    calibration_samples: int | None = Field(default=None, ge=1)
 
 
 class AutoRoundRecipe(_Recipe):

@@ -150,7 +150,8 @@ def run(spec: BuildSpec) -> BuildResult:
         from quantserve.quantize import build_llmcompressor
 
         tokenizer = AutoTokenizer.from_pretrained(spec.source)
-        calib = calibration_ids(tokenizer, Path(spec.calibration_file), spec.samples, spec.seq_len)
+        calib = calibration_ids(tokenizer, Path(spec.calibration_file), recipe.calibration_windows(spec.samples),
+                                spec.seq_len)
         calibration = CalibrationInfo(file=Path(spec.calibration_file).name, samples=len(calib),
                                       seq_len=spec.seq_len, sha256=ids_sha256(calib))
         with step(f"{spec.variant}: calibrate layer by layer on {len(calib)}x{spec.seq_len} tokens and save"):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from quantserve.errors import UserError
 from quantserve.quantize.recipes import (
@@ -78,3 +79,14 @@ def test_runtime_groups_select_the_other_runtimes_variants():
     assert all(variants[n].opt_in for n in select_variants("runtimes"))  # make run's default stays vLLM's
     with pytest.raises(UserError, match="or a group: all, default, runtimes"):
         select_variants("llamacpp")
+
+
+def test_awq_calibrates_on_fewer_windows_than_the_run_offers_and_gptq_on_all():
+    variants = load_variants()
+    awq, gptq = variants["awq-w4a16"], variants["gptq-w4a16"]
+    assert isinstance(awq, AWQRecipe) and awq.calibration_samples == 32
+    assert awq.calibration_windows(64) == 32 and awq.calibration_windows(8) == 8  # never more than offered
+    assert gptq.calibration_windows(64) == 64
+    assert "calibration_samples" in to_yaml({"awq-w4a16": awq})  # part of the recipe, so of its hash
+    with pytest.raises(ValidationError):
+        parse_recipe({"method": "awq", "scheme": "W4A16", "bits": 4, "calibration_samples": 0})
