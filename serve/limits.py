@@ -99,3 +99,25 @@ class RateLimiter:
 
 def _whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
+
+
+class KeySlots:
+    """Requests in flight per key on this gateway process, against `max_in_flight_per_key`: a client that opens
+    streams and stops reading cannot hold every engine slot."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+
+    def has_room(self, key_id: str, cap: int | None) -> bool:
+        """Whether the key holds fewer than `cap` (None: no cap)."""
+        return cap is None or self._held.get(key_id, 0) < cap
+
+    def take(self, key_id: str) -> None:
+        self._held[key_id] = self._held.get(key_id, 0) + 1
+
+    def give_back(self, key_id: str) -> None:
+        left = self._held.get(key_id, 1) - 1
+        if left > 0:
+            self._held[key_id] = left
+        else:
+            self._held.pop(key_id, None)

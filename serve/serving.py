@@ -31,7 +31,7 @@ from quantserve.serve.accounting import Accounting, MeteredRequest
 from quantserve.serve.auth import Authenticator
 from quantserve.serve.config import ServeConfig
 from quantserve.serve.errors import OpenAIError, from_upstream
-from quantserve.serve.limits import RateLimiter
+from quantserve.serve.limits import KeySlots, RateLimiter
 from quantserve.serve.protocol import ChatCompletionRequest, CompletionRequest, T, parse_body
 from quantserve.serve.sse import (
     EventSplitter,
@@ -123,17 +123,13 @@ class ProxyService:
         self.authenticator = authenticator
         self.limiter = limiter
         self.config = config
-        self._in_flight: dict[str, int] = {}  # per key id, on this gateway process
+        self.key_slots = KeySlots()
 
     def _settle(self, rec: MeteredRequest) -> None:
         """The end of a request: its key's in-flight slot back, its usage accounted (once)."""
         if rec.holds_key_slot and rec.key is not None:
             rec.holds_key_slot = False
-            left = self._in_flight.get(rec.key.id, 1) - 1
-            if left > 0:
-                self._in_flight[rec.key.id] = left
-            else:
-                self._in_flight.pop(rec.key.id, None)
+            self.key_slots.give_back(rec.key.id)
         self.accounting.finish(rec)
 
     async def handle(self, request: Request, endpoint: str, schema: type[T]) -> Response:
@@ -201,7 +197,7 @@ class ProxyService:
         if rec.key is not None:
             key = rec.key
             cap = config.max_in_flight_per_key
-            if cap is not None and self._in_flight.get(key.id, 0) >= cap:
+            if not self.key_slots.has_room(key.id, cap):
                 raise OpenAIError(429, f"this key has {cap} requests in flight on this gateway, its limit; wait "
                                   "for one to finish", code="too_many_requests_in_flight",
                                   headers={"Retry-After": "1"})
@@ -211,7 +207,7 @@ class ProxyService:
                 headers = {"Retry-After": str(refused.retry_after_s)} if refused.retry_after_s else {}
                 raise OpenAIError(429, refused.message(limit or 0), code="rate_limit_exceeded", headers=headers)
             rec.reserved_tokens = reserve if key.tpm is not None else 0
-            self._in_flight[key.id] = self._in_flight.get(key.id, 0) + 1
+            self.key_slots.take(key.id)
             rec.holds_key_slot = True
             if config.cache_salt_per_key and pool.runtime in (None, "vllm"):
                 payload["cache_salt"] = _cache_salt(key.id, payload.get("cache_salt"))
