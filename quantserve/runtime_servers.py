@@ -13,13 +13,6 @@ import sys
 ENGINE_KEY_ENV = "QUANTSERVE_ENGINE_KEY"
 
 
-# Runtimes whose server closes the connection after every streamed answer while its headers say keep-alive
-# (llama.cpp's cpp-httplib, measured: xllamacpp 2026.10). A request sent on that connection in the instant before
-# the close arrives is lost after it went out, and a started request is never sent twice: so the gateway does not
-# put such a connection back in its pool.
-CLOSES_AFTER_STREAM = frozenset({"llama.cpp"})
-
-
 def default_threads() -> int:
     """Every core this process may run on: these engines have no frontend process to keep a core for."""
     return len(os.sched_getaffinity(0))

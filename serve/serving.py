@@ -54,6 +54,11 @@ ONE_CHOICE_RUNTIMES = frozenset({"llama.cpp", "openvino"})
 # Engines started here without a vision or audio encoder (llama.cpp without an mmproj file, OpenVINO's LLM
 # pipeline): llama.cpp answers an image part with a 500, so the gateway says 400 first.
 TEXT_ONLY_RUNTIMES = frozenset({"llama.cpp", "openvino"})
+# Runtimes whose server closes the connection after every streamed answer while its headers say keep-alive
+# (llama.cpp's cpp-httplib, measured: xllamacpp 2026.10). A request sent on that connection in the instant before
+# the close arrives is lost after it went out, and a started request is never sent twice: so such a stream gets a
+# connection of its own, not one from the pool.
+CLOSES_AFTER_STREAM = frozenset({"llama.cpp"})
 _R = TypeVar("_R")
 
 
@@ -386,7 +391,7 @@ class _StreamRelay:
         url = f"{self.upstream.base_url}{self.rec.endpoint}"
         self._sent = time.perf_counter()
         try:
-            self.response = await self.client.open_stream(url, body, reuse=self.pool.reuse_after_stream)
+            self.response = await self.client.open_stream(url, body, reuse=self.pool.runtime not in CLOSES_AFTER_STREAM)
             self._received = time.perf_counter()
             if self.response.status >= 400:
                 # An error before the first event is a plain JSON error, as from OpenAI: e.g. vLLM's 400 for a

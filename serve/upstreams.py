@@ -13,7 +13,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from quantserve.runtime_servers import CLOSES_AFTER_STREAM
 from quantserve.serve.errors import OpenAIError
 from quantserve.serve.metrics import GatewayMetrics
 from quantserve.serve.upstream_client import UpstreamClient
@@ -49,7 +48,6 @@ class ModelPool:
     ) -> None:
         self.name = name
         self.runtime = runtime  # what its local engines run (vllm, llama.cpp, openvino); None: external servers
-        self.reuse_after_stream = runtime not in CLOSES_AFTER_STREAM
         self.upstreams = upstreams
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
